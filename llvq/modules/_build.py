@@ -1,0 +1,32 @@
+"""Build a sub-module from either a ready ``nn.Module`` or a Hydra config node."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+__all__ = ["build_module", "to_container"]
+
+
+def build_module(spec: Any, what: str) -> nn.Module:
+    """Return ``spec`` if it is a module, else instantiate it (a config with ``_target_``).
+
+    Args:
+        spec: an ``nn.Module``, or a dict / DictConfig with ``_target_``.
+        what: the setting's name for the error message (e.g. ``"model.encoder"``).
+    """
+    if isinstance(spec, nn.Module):
+        return spec
+    if isinstance(spec, (dict, DictConfig)) and "_target_" in spec:
+        return instantiate(spec)
+    raise TypeError(f"`{what}` must be an nn.Module or a config with `_target_`, got {type(spec).__name__}")
+
+
+def to_container(spec: Any) -> Any:
+    """Plain-python copy of a config node (for ``save_hyperparameters``); modules pass through."""
+    if isinstance(spec, DictConfig):
+        return OmegaConf.to_container(spec, resolve=True)
+    return spec

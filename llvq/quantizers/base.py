@@ -1,0 +1,111 @@
+"""The quantizer contract shared by every bottleneck in llvq.
+
+Notation (einops style):
+    ...  any number of leading (batch, spatial) axes
+    d    the quantizer's vector width ``dim``
+
+A quantizer maps channel-last vectors ``z: (..., d)`` to a :class:`QuantizerOutput` whose
+``z_q`` has the same shape and passes gradients straight through to ``z``. ``codes`` are
+integers: ``(...)`` indices for a finite codebook, ``(..., d)`` lattice coordinates for a
+lattice. ``decode(encode(z)) == forward(z).z_q`` holds in eval mode.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["QuantizerOutput", "Quantizer", "check_latents"]
+
+
+@dataclass
+class QuantizerOutput:
+    """What every quantizer's ``forward`` returns.
+
+    Attributes:
+        z_q: ``(..., d)`` quantized vectors; straight-through, so gradients reach ``z``.
+        codes: integer codes, ``(...)`` for finite codebooks or ``(..., d)`` for lattices.
+        loss: scalar training loss of the quantizer itself (0 when it has none).
+        metrics: scalar tensors to log (commitment, perplexity, overload, ...).
+    """
+
+    z_q: Tensor
+    codes: Tensor
+    loss: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+def check_latents(z: Tensor, dim: int, name: str) -> None:
+    """Raise one clear error if ``z`` is not a finite float tensor of shape ``(..., dim)``.
+
+    Args:
+        z: the latents handed to a quantizer.
+        dim: the quantizer's configured vector width.
+        name: the quantizer's registry name, used in the message.
+    """
+    if not isinstance(z, Tensor) or not z.is_floating_point():
+        raise TypeError(f"quantizer '{name}' expects a float tensor, got {type(z).__name__}"
+                        f"{'' if not isinstance(z, Tensor) else ' of dtype ' + str(z.dtype)}")
+    if z.ndim == 0 or z.shape[-1] != dim:
+        raise ValueError(
+            f"quantizer '{name}' was built with dim={dim} but received latents of shape "
+            f"{tuple(z.shape)} (last axis must be {dim}); set the quantizer's `dim` "
+            f"(model.latent_dim) to match the encoder output")
+    if not bool(torch.isfinite(z).all()):
+        bad = int((~torch.isfinite(z)).sum())
+        raise ValueError(
+            f"quantizer '{name}' received {bad} non-finite value(s) (NaN/Inf) in its input; "
+            f"the encoder diverged -- lower the learning rate or check the data")
+
+
+class Quantizer(nn.Module, ABC):
+    """Base class of every registered bottleneck.
+
+    Subclasses implement :meth:`quantize` (the training forward on validated input),
+    :meth:`encode_impl` and :meth:`decode`. The base class validates the input once.
+
+    Args:
+        dim: width of the vectors being quantized (the last axis of ``z``).
+    """
+
+    #: registry name, set by :func:`llvq.quantizers.register`.
+    name: ClassVar[str] = "quantizer"
+    #: True when codes are integer vectors ``(..., d)`` (lattices), False for indices ``(...)``.
+    vector_codes: ClassVar[bool] = False
+    #: False only for ``identity``, whose "codes" are the float latents themselves.
+    integer_codes: ClassVar[bool] = True
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+            raise ValueError(f"quantizer '{self.name}': `dim` must be a positive integer, got {dim!r}")
+        self.dim = dim
+
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        check_latents(z, self.dim, self.name)
+        return self.quantize(z)
+
+    @abstractmethod
+    def quantize(self, z: Tensor) -> QuantizerOutput:
+        """Quantize validated latents ``(..., d)``; see :class:`QuantizerOutput`."""
+
+    @torch.no_grad()
+    def encode(self, z: Tensor) -> Tensor:
+        """Integer codes of ``z`` without gradient; deterministic in eval mode."""
+        check_latents(z, self.dim, self.name)
+        return self.encode_impl(z)
+
+    @abstractmethod
+    def encode_impl(self, z: Tensor) -> Tensor:
+        """Codes of validated latents."""
+
+    @abstractmethod
+    def decode(self, codes: Tensor) -> Tensor:
+        """Quantized vectors ``(..., d)`` from integer codes."""
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"

@@ -1,0 +1,85 @@
+"""``run(cfg)``: compose → instantiate → fit. The body of ``train.py`` and ``llvq-train``.
+
+Every job (autoencoder, prior, federated rounds, LLM quantization, lattice design) goes through
+this one function: it instantiates ``cfg.data``, ``cfg.model``, the callbacks, the loggers and
+the trainer, then calls ``trainer.fit`` (resuming from ``cfg.ckpt_path`` when set).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["run"]
+
+log = logging.getLogger("llvq")
+
+
+def _instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry with a ``_target_`` of a callbacks/logger group (null = off)."""
+    if not group:
+        return []
+    return [instantiate(node) for node in group.values()
+            if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def _check_ckpt(ckpt_path: str | None) -> str | None:
+    if ckpt_path is None:
+        return None
+    if ckpt_path != "last" and not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path!r} does not exist; pass the path of a "
+                                f".ckpt file written by an earlier run (e.g. .../checkpoints/last.ckpt)")
+    return ckpt_path
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Train (or run) the job described by a composed config.
+
+    Args:
+        cfg: the composed Hydra config (``configs/train.yaml`` + overrides).
+
+    Returns:
+        The trainer's final ``callback_metrics`` as floats.
+    """
+    OmegaConf.resolve(cfg)
+    ckpt_path = _check_ckpt(cfg.get("ckpt_path"))
+    if cfg.get("seed") is not None:
+        L.seed_everything(int(cfg.seed), workers=True)
+
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    loggers = _instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    if trainer.is_global_zero:
+        log.info("output directory: %s", cfg.paths.output_dir)
+        for lg in loggers:
+            log.info("logs (%s): %s   view with: tensorboard --logdir %s",
+                     type(lg).__name__, lg.log_dir, cfg.paths.output_dir)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    log.info("[rank %d/%d] finished: global_step=%d epoch=%d", trainer.global_rank,
+             trainer.world_size, trainer.global_step, trainer.current_epoch)
+    if trainer.is_global_zero:
+        _report(trainer, metrics, cfg)
+    return metrics
+
+
+def _report(trainer: L.Trainer, metrics: dict[str, float], cfg: DictConfig) -> None:
+    ckpt = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    shown = {k: round(v, 6) for k, v in sorted(metrics.items()) if k.startswith("val/")}
+    log.info("final validation metrics: %s", shown or "(no validation ran)")
+    if ckpt is not None:
+        log.info("checkpoints: %s (best: %s, last: %s)", ckpt.dirpath,
+                 ckpt.best_model_path or "-", ckpt.last_model_path or "-")
+        log.info("resume with: python train.py <same overrides> ckpt_path=%s",
+                 ckpt.last_model_path or f"{ckpt.dirpath}/last.ckpt")
+    log.info("tensorboard: tensorboard --logdir %s", cfg.paths.output_dir)
