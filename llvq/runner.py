@@ -12,13 +12,31 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from hydra.utils import instantiate
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as _hydra_instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 __all__ = ["run"]
 
 log = logging.getLogger("llvq")
+
+
+def instantiate(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that re-raises the user's own error, not Hydra's wrapper.
+
+    Hydra wraps an exception raised inside a constructor in ``InstantiationException`` (once per
+    nesting level); the clear message llvq wrote (e.g. "unknown quantizer ...") is the root cause.
+    """
+    try:
+        return _hydra_instantiate(node, **kwargs)
+    except InstantiationException as err:
+        root: BaseException = err
+        while isinstance(root, InstantiationException) and root.__cause__ is not None:
+            root = root.__cause__
+        if root is err:
+            raise
+        raise root.with_traceback(root.__traceback__) from None
 
 
 def _instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -77,9 +95,9 @@ def _report(trainer: L.Trainer, metrics: dict[str, float], cfg: DictConfig) -> N
     ckpt = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
     shown = {k: round(v, 6) for k, v in sorted(metrics.items()) if k.startswith("val/")}
     log.info("final validation metrics: %s", shown or "(no validation ran)")
-    if ckpt is not None:
+    if ckpt is not None and ckpt.last_model_path and Path(ckpt.last_model_path).is_file():
         log.info("checkpoints: %s (best: %s, last: %s)", ckpt.dirpath,
-                 ckpt.best_model_path or "-", ckpt.last_model_path or "-")
+                 ckpt.best_model_path or "-", ckpt.last_model_path)
         log.info("resume with: python train.py <same overrides> ckpt_path=%s",
-                 ckpt.last_model_path or f"{ckpt.dirpath}/last.ckpt")
+                 ckpt.last_model_path)
     log.info("tensorboard: tensorboard --logdir %s", cfg.paths.output_dir)

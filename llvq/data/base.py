@@ -13,9 +13,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
-__all__ = ["ImageDataModule", "require_fraction", "require_int"]
+__all__ = ["ImageDataModule", "require_fraction", "require_int", "split_off"]
 
 
 def require_int(setting: str, value: object, minimum: int) -> int:
@@ -53,6 +53,30 @@ def require_fraction(setting: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
         raise ValueError(f"{setting} must be a number strictly between 0 and 1, got {value!r}")
     return float(value)
+
+
+def split_off(dataset: Dataset, fraction: float, seed: int) -> tuple[Subset, Subset]:
+    """Split ``dataset`` into ``(rest, held_out)`` with a seeded permutation.
+
+    Args:
+        dataset: a sized map-style dataset.
+        fraction: share held out, rounded to whole samples.
+        seed: seeds the permutation; the held-out indices are kept in ascending order.
+
+    Raises:
+        ValueError: when the split would leave either side empty.
+    """
+    n = len(dataset)  # type: ignore[arg-type]
+    n_held = round(n * fraction)
+    if not 0 < n_held < n:
+        raise ValueError(
+            f"data.val_fraction={fraction} leaves {n_held} of {n} samples for validation; "
+            "choose a fraction that leaves both sides non-empty"
+        )
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    held = order[:n_held].sort().values
+    rest = order[n_held:]
+    return Subset(dataset, rest.tolist()), Subset(dataset, held.tolist())
 
 
 class ImageDataModule(L.LightningDataModule, ABC):
@@ -107,7 +131,9 @@ class ImageDataModule(L.LightningDataModule, ABC):
 
     def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
         if dataset is None:
-            raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for a dataloader")
+            raise RuntimeError(
+                f"{type(self).__name__}.setup() must run before asking for a dataloader"
+            )
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

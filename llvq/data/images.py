@@ -59,7 +59,9 @@ def resize(x: Tensor, size: int) -> Tensor:
     if side == size:
         return x
     batched = x.unsqueeze(0) if x.dim() == 3 else x  # (B, C, side, side)
-    out = F.interpolate(batched, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    out = F.interpolate(
+        batched, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
     out = out.clamp_(0.0, 1.0)  # bilinear weights are convex; this only removes rounding noise
     return out[0] if x.dim() == 3 else out
 

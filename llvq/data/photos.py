@@ -141,7 +141,9 @@ class FixedCrops(Dataset):
         for i in range(length):
             p = i % len(self.photos)
             h, w = self.photos[p].shape[1:]
-            self.boxes.append((p, rng.randrange(h - crop_size + 1), rng.randrange(w - crop_size + 1)))
+            self.boxes.append(
+                (p, rng.randrange(h - crop_size + 1), rng.randrange(w - crop_size + 1))
+            )
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -199,7 +201,9 @@ class PhotosDataModule(ImageDataModule):
         super().__init__(data_dir, batch_size, num_workers, channels, image_size, seed)
         self.train_samples = require_int("data.train_samples", train_samples, 1)
         self.val_samples = require_int("data.val_samples", val_samples, 1)
-        self.crop_size = image_size if crop_size is None else require_int("data.crop_size", crop_size, 1)
+        self.crop_size = (
+            image_size if crop_size is None else require_int("data.crop_size", crop_size, 1)
+        )
         self.short_side = require_int("data.short_side", short_side, 1)
         if self.short_side < self.crop_size:
             raise ValueError(
@@ -210,7 +214,9 @@ class PhotosDataModule(ImageDataModule):
         self.val_images = _check_names("data.val_images", val_images)
         shared = sorted(set(self.train_images) & set(self.val_images))
         if shared:
-            raise ValueError(f"data.val_images must not repeat data.train_images; both hold {shared}")
+            raise ValueError(
+                f"data.val_images must not repeat data.train_images; both hold {shared}"
+            )
 
     def build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
         """Decode the photographs once and wrap them in crop datasets."""

@@ -93,7 +93,7 @@ class PreparedBasis:
             raise ValueError(f"unknown closest-point method '{method}'; choose one of {METHODS}")
         b, b_inv, t, q, diag, upper = self.tensors(x.device)
         flat = x.detach().reshape(-1, self.n).double()
-        base = torch.round(flat @ b_inv)  # (N, n) Babai rounding in the reduced basis
+        base = _round(flat @ b_inv)  # (N, n) Babai rounding in the reduced basis
         if method == "babai":
             return (base @ t).reshape(x.shape)
         z = ((flat - base @ b) @ q) / diag  # (N, n) rotated, scaled residual
@@ -111,8 +111,13 @@ def _nearest_plane(z: Tensor, upper: Tensor) -> Tensor:
     """Babai's nearest-plane coordinates for scaled rotated targets ``z`` ``(N, n)``."""
     u = torch.zeros_like(z)
     for k in range(z.shape[1] - 1, -1, -1):
-        u[:, k] = torch.round(z[:, k] - u @ upper[k])
+        u[:, k] = _round(z[:, k] - u @ upper[k])
     return u
+
+
+def _round(x: Tensor) -> Tensor:
+    """Round half up; ``floor(x + 1/2)`` is several times faster than ``torch.round`` in float64."""
+    return torch.floor(x + 0.5)
 
 
 def _schnorr_euchner(z: Tensor, upper: Tensor, diag: Tensor) -> Tensor:
@@ -135,7 +140,7 @@ def _schnorr_euchner(z: Tensor, upper: Tensor, diag: Tensor) -> Tensor:
     dist = torch.zeros(num, n + 1, dtype=z.dtype, device=dev)  # dist[:, k]: levels >= k
     k = torch.full((num,), n - 1, dtype=torch.long, device=dev)
     c[:, n - 1] = z[:, n - 1]
-    u[:, n - 1] = torch.round(z[:, n - 1])
+    u[:, n - 1] = _round(z[:, n - 1])
     step[:, n - 1] = torch.where(c[:, n - 1] >= u[:, n - 1], 1.0, -1.0)
     best = torch.full((num,), float("inf"), dtype=z.dtype, device=dev)
     ubest = torch.zeros_like(z)
@@ -156,7 +161,7 @@ def _schnorr_euchner(z: Tensor, upper: Tensor, diag: Tensor) -> Tensor:
         done = (kn >= n).squeeze(1)
         kn = kn.clamp_(max=n - 1)
         c_down = z.gather(1, kn) - (upper[kn.squeeze(1)] * u).sum(1, keepdim=True)
-        u_down = torch.round(c_down)
+        u_down = _round(c_down)
         s_down = torch.where(c_down >= u_down, 1.0, -1.0)
         u_cur = u.gather(1, kn)
         s_cur = step.gather(1, kn)
@@ -170,17 +175,11 @@ def _schnorr_euchner(z: Tensor, upper: Tensor, diag: Tensor) -> Tensor:
             keep = ~done
             idx, k, u, c, step, dist, best, ubest, z = (
                 t[keep] for t in (idx, k, u, c, step, dist, best, ubest, z))
-        elif done.any():
-            best = torch.where(done, -1.0, best)  # freeze: nothing beats a negative distance
-            k = torch.where(done, n - 1, k)
-            _freeze(u, step, c, done, n)
+        else:
+            # finished points idle until the next compaction: nothing beats a negative best,
+            # so they keep leaving the top level and ``ubest`` stays untouched
+            best = torch.where(done, -1.0, best)
     return out
-
-
-def _freeze(u: Tensor, step: Tensor, c: Tensor, done: Tensor, n: int) -> None:
-    """Park finished points at the top level until the next compaction."""
-    if done.any():
-        step[done, n - 1] = 0.0
 
 
 def prepare(generator: Tensor) -> PreparedBasis:

@@ -26,7 +26,13 @@ def build_module(spec: Any, what: str) -> nn.Module:
 
 
 def to_container(spec: Any) -> Any:
-    """Plain-python copy of a config node (for ``save_hyperparameters``); modules pass through."""
+    """Plain-python copy of a config node for ``save_hyperparameters``.
+
+    A ready ``nn.Module`` is not a hyper-parameter (its weights are in the checkpoint anyway);
+    it is recorded by class name, and such a checkpoint is reloaded by passing the module again.
+    """
     if isinstance(spec, DictConfig):
         return OmegaConf.to_container(spec, resolve=True)
+    if isinstance(spec, nn.Module):
+        return {"module": type(spec).__qualname__}
     return spec

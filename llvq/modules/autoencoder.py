@@ -37,27 +37,36 @@ class AutoencoderModule(L.LightningModule):
         encoder: ``nn.Module`` or config; images ``(B, C, H, W)`` → latents ``(B, D, h, w)``.
         decoder: ``nn.Module`` or config; latents → images.
         quantizer: ``Quantizer`` or config (``_target_: llvq.quantizers.build``).
+        latent_dim: the latent width ``D``; checked against the quantizer's ``dim``.
+        in_channels: image channels (recorded; the encoder/decoder configs use it).
         lr: Adam learning rate.
         lr_gamma: if set, ExponentialLR decay per epoch. The LL-VQ-VAE paper's ``gamma=0.0``
             zeroes the learning rate after the first epoch, so it is not the default.
         weight_decay: Adam weight decay.
     """
 
-    def __init__(self, encoder: Any, decoder: Any, quantizer: Any, lr: float = 1e-3,
-                 lr_gamma: float | None = None, weight_decay: float = 0.0) -> None:
+    def __init__(self, encoder: Any, decoder: Any, quantizer: Any, latent_dim: int | None = None,
+                 in_channels: int | None = None, lr: float = 1e-3, lr_gamma: float | None = None,
+                 weight_decay: float = 0.0) -> None:
         super().__init__()
         if lr <= 0:
             raise ValueError(f"model.lr must be > 0, got {lr}")
         if lr_gamma is not None and not 0.0 <= lr_gamma <= 1.0:
             raise ValueError(f"model.lr_gamma must lie in [0, 1] (or null), got {lr_gamma}")
         self.save_hyperparameters({"encoder": to_container(encoder), "decoder": to_container(decoder),
-                                   "quantizer": to_container(quantizer), "lr": lr,
+                                   "quantizer": to_container(quantizer), "latent_dim": latent_dim,
+                                   "in_channels": in_channels, "lr": lr,
                                    "lr_gamma": lr_gamma, "weight_decay": weight_decay})
         self.encoder = build_module(encoder, "model.encoder")
         self.decoder = build_module(decoder, "model.decoder")
         self.quantizer = build_module(quantizer, "model.quantizer")
-        self.psnr = torch.nn.ModuleDict(
-            {stage: PeakSignalNoiseRatio(data_range=1.0) for stage in ("train", "val", "test")})
+        if latent_dim is not None and self.quantizer.dim != latent_dim:
+            raise ValueError(f"model.quantizer.dim={self.quantizer.dim} does not match "
+                             f"model.latent_dim={latent_dim}; leave the quantizer's dim at "
+                             f"${{model.latent_dim}}")
+        self.train_psnr = PeakSignalNoiseRatio(data_range=1.0)
+        self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
+        self.test_psnr = PeakSignalNoiseRatio(data_range=1.0)
 
     def forward(self, x: Tensor) -> tuple[Tensor, QuantizerOutput]:
         z = rearrange(self.encoder(x), "b d h w -> b h w d")
@@ -84,7 +93,7 @@ class AutoencoderModule(L.LightningModule):
         x_hat, out = self(x)
         recon = F.mse_loss(x_hat, x)
         loss = recon + out.loss
-        psnr = self.psnr[stage]
+        psnr = getattr(self, f"{stage}_psnr")
         psnr(x_hat.detach().clamp(0, 1), x)
         on_step = stage == "train"
         sync = stage != "train"

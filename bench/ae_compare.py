@@ -1,0 +1,152 @@
+"""Compare VQ-VAE, VQ-VAE (EMA), LL-VQ-VAE and an identity bottleneck on `photos`.
+
+Same architecture, data, seed and step budget for each; reports validation reconstruction MSE,
+distinct codes used over the validation set (the LL-VQ-VAE paper's "embeddings/dataset"),
+quantizer parameters and wall time per training step, plus the quantizer's own forward+backward
+cost on 65,536 vectors (K = 512, D = 64).
+
+    python bench/ae_compare.py                 # ~5-10 minutes on 2 CPU cores
+    python bench/ae_compare.py --steps 50      # quick look
+
+Writes bench/results/ae_compare.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import open_dict
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import markdown_table, write_result  # noqa: E402
+
+from llvq.quantizers import build  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENT = {"identity": None, "vq": "vqvae", "vq_ema": "vqvae_ema", "llvq": "llvqvae"}
+
+
+class StepTimer(L.Callback):
+    """Wall time of each training step (forward, backward, optimizer)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_train_batch_start(self, *args: object) -> None:
+        self._t = time.perf_counter()
+
+    def on_train_batch_end(self, *args: object) -> None:
+        self.times.append(time.perf_counter() - self._t)
+
+
+def compose_for(name: str, batch_size: int):
+    overrides = [f"model/quantizer={name}", f"data.batch_size={batch_size}"]
+    if EXPERIMENT[name]:
+        overrides.append(f"experiment={EXPERIMENT[name]}")
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(ROOT / "logs" / "bench")
+    return cfg
+
+
+def distinct_codes(model: torch.nn.Module, loader) -> tuple[int, float]:
+    """Distinct code vectors (lattice) or indices (codebook) over a loader, and val MSE."""
+    seen: set = set()
+    sq_err, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for x, _ in loader:
+            codes = model.encode(x)
+            x_hat = model.decode(codes)
+            sq_err += float(torch.nn.functional.mse_loss(x_hat, x, reduction="sum"))
+            count += x.numel()
+            if not model.quantizer.integer_codes:
+                continue
+            flat = codes.reshape(-1, codes.shape[-1]) if model.quantizer.vector_codes else codes.reshape(-1, 1)
+            seen.update(map(tuple, torch.unique(flat, dim=0).tolist()))
+    return len(seen), sq_err / count
+
+
+def train_one(name: str, steps: int, batch_size: int, seed: int) -> dict:
+    cfg = compose_for(name, batch_size)
+    L.seed_everything(seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    timer = StepTimer()
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0,
+                        limit_val_batches=0, callbacks=[timer])
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule)
+    wall = time.perf_counter() - start
+    datamodule.setup("validate")
+    used, mse = distinct_codes(model, datamodule.val_dataloader())
+    step_times = sorted(timer.times[5:]) or sorted(timer.times)
+    return {
+        "quantizer": name, "val_mse": mse,
+        "distinct_codes": used if model.quantizer.integer_codes else None,
+        "quantizer_params": sum(p.numel() for p in model.quantizer.parameters())
+        + sum(b.numel() for b in model.quantizer.buffers()),
+        "step_ms_median": 1000 * step_times[len(step_times) // 2], "train_wall_s": wall,
+    }
+
+
+def quantizer_cost(num_vectors: int, repeats: int) -> list[dict]:
+    """Forward+backward time of the bottleneck alone on (num_vectors, 64) latents."""
+    rows = []
+    z0 = torch.randn(num_vectors, 64)
+    for name in ["identity", "llvq", "vq"]:
+        q = build(name, dim=64, **({} if name == "identity" else {"codebook_size": 512}))
+        times = []
+        for _ in range(repeats + 1):
+            z = z0.clone().requires_grad_(True)
+            t = time.perf_counter()
+            out = q(z)
+            (out.z_q.square().mean() + out.loss).backward()
+            times.append(time.perf_counter() - t)
+        rows.append({"quantizer": name, "fwd_bwd_ms": 1000 * sorted(times[1:])[len(times[1:]) // 2]})
+    base = next(r["fwd_bwd_ms"] for r in rows if r["quantizer"] == "vq")
+    for r in rows:
+        r["ratio_vs_vq"] = r["fwd_bwd_ms"] / base
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=400, help="training steps per model")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quantizers", nargs="+", default=list(EXPERIMENT))
+    parser.add_argument("--vectors", type=int, default=65_536)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    rows = []
+    for name in args.quantizers:
+        print(f"training {name} for {args.steps} steps ...", flush=True)
+        rows.append(train_one(name, args.steps, args.batch_size, args.seed))
+    ident = next((r for r in rows if r["quantizer"] == "identity"), None)
+    for r in rows:
+        r["step_vs_identity"] = r["step_ms_median"] / ident["step_ms_median"] if ident else None
+    cost = quantizer_cost(args.vectors, args.repeats)
+
+    print(markdown_table(rows, ["quantizer", "val_mse", "distinct_codes", "quantizer_params",
+                                "step_ms_median", "step_vs_identity", "train_wall_s"]))
+    print()
+    print(markdown_table(cost, ["quantizer", "fwd_bwd_ms", "ratio_vs_vq"]))
+    path = write_result("ae_compare", {"settings": vars(args), "training": rows,
+                                        "quantizer_cost": cost})
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

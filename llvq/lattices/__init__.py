@@ -1,0 +1,27 @@
+"""Lattice math: generators, closest-point decoders, NSM, dither, point counting.
+
+>>> from llvq.lattices import get_lattice, closest_point, nsm
+>>> L = get_lattice("E8")
+>>> y = L.closest_point(x)                       # exact (Conway & Sloane), x: (..., 8)
+>>> y = closest_point(L.generator, x, "exact")   # sphere decoding for any generator
+>>> g, se = nsm(L, num_samples=200_000, seed=0)  # ~0.0717
+
+Rows of a generator are basis vectors: lattice points are ``u @ G`` for integer ``u``.
+Nothing here knows about training; quantizers in :mod:`llvq.quantizers` compose it.
+"""
+
+from llvq.lattices.counting import (ball_volume, count_points, enumerate_points, estimate_count,
+                                    overload_probability)
+from llvq.lattices.dither import dithered_dequantize, dithered_quantize, sample_dither
+from llvq.lattices.generators import BEST_KNOWN, get_lattice, list_lattices
+from llvq.lattices.io import load_generator, load_lattice, save_generator
+from llvq.lattices.lattice import Lattice, as_lattice
+from llvq.lattices.nsm import nsm, nsm_samples
+from llvq.lattices.reduction import lll
+from llvq.lattices.sphere import METHODS, check_generator, closest_coordinates, closest_point
+
+__all__ = ["Lattice", "as_lattice", "get_lattice", "list_lattices", "BEST_KNOWN",
+           "closest_point", "closest_coordinates", "check_generator", "METHODS", "lll", "nsm",
+           "nsm_samples", "sample_dither", "dithered_quantize", "dithered_dequantize",
+           "enumerate_points", "count_points", "estimate_count", "ball_volume",
+           "overload_probability", "save_generator", "load_generator", "load_lattice"]
