@@ -25,9 +25,9 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import markdown_table, write_result  # noqa: E402
+from _report import markdown_table, write_result
 
-from llvq.quantizers import build  # noqa: E402
+from llvq.quantizers import build
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = {"identity": None, "vq": "vqvae", "vq_ema": "vqvae_ema", "llvq": "llvqvae"}

@@ -70,7 +70,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
 
-    datamodule = instantiate(cfg.data)
+    # `data: null` is allowed for jobs whose module makes its own batches (e.g. lattice design)
+    datamodule = instantiate(cfg.data) if cfg.get("data") is not None else None
     model = instantiate(cfg.model)
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))

@@ -5,6 +5,7 @@ image_size)`` in [0, 1], ``y`` int64 labels (-1 where the data has none).
 """
 
 from llvq.data.base import ImageDataModule
+from llvq.data.codes import CodesDataModule
 from llvq.data.digits import DigitsDataModule
 from llvq.data.image_folder import ImageFolderDataModule
 from llvq.data.photos import PHOTOGRAPHS, PhotosDataModule
@@ -19,6 +20,7 @@ __all__ = [
     "PHOTOGRAPHS",
     "CIFAR10DataModule",
     "CelebADataModule",
+    "CodesDataModule",
     "DigitsDataModule",
     "FashionMNISTDataModule",
     "ImageDataModule",

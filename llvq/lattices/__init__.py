@@ -10,8 +10,13 @@ Rows of a generator are basis vectors: lattice points are ``u @ G`` for integer 
 Nothing here knows about training; quantizers in :mod:`llvq.quantizers` compose it.
 """
 
-from llvq.lattices.counting import (ball_volume, count_points, enumerate_points, estimate_count,
-                                    overload_probability)
+from llvq.lattices.counting import (
+                                    ball_volume,
+                                    count_points,
+                                    enumerate_points,
+                                    estimate_count,
+                                    overload_probability,
+)
 from llvq.lattices.dither import dithered_dequantize, dithered_quantize, sample_dither
 from llvq.lattices.generators import BEST_KNOWN, get_lattice, list_lattices
 from llvq.lattices.io import load_generator, load_lattice, save_generator
@@ -20,8 +25,28 @@ from llvq.lattices.nsm import nsm, nsm_samples
 from llvq.lattices.reduction import lll
 from llvq.lattices.sphere import METHODS, check_generator, closest_coordinates, closest_point
 
-__all__ = ["Lattice", "as_lattice", "get_lattice", "list_lattices", "BEST_KNOWN",
-           "closest_point", "closest_coordinates", "check_generator", "METHODS", "lll", "nsm",
-           "nsm_samples", "sample_dither", "dithered_quantize", "dithered_dequantize",
-           "enumerate_points", "count_points", "estimate_count", "ball_volume",
-           "overload_probability", "save_generator", "load_generator", "load_lattice"]
+__all__ = [
+                                    "BEST_KNOWN",
+                                    "METHODS",
+                                    "Lattice",
+                                    "as_lattice",
+                                    "ball_volume",
+                                    "check_generator",
+                                    "closest_coordinates",
+                                    "closest_point",
+                                    "count_points",
+                                    "dithered_dequantize",
+                                    "dithered_quantize",
+                                    "enumerate_points",
+                                    "estimate_count",
+                                    "get_lattice",
+                                    "list_lattices",
+                                    "lll",
+                                    "load_generator",
+                                    "load_lattice",
+                                    "nsm",
+                                    "nsm_samples",
+                                    "overload_probability",
+                                    "sample_dither",
+                                    "save_generator",
+]

@@ -17,8 +17,13 @@ from torch import Tensor
 from llvq.lattices.lattice import Lattice, as_lattice
 from llvq.lattices.sphere import prepare
 
-__all__ = ["enumerate_points", "count_points", "estimate_count", "ball_volume",
-           "overload_probability"]
+__all__ = [
+    "ball_volume",
+    "count_points",
+    "enumerate_points",
+    "estimate_count",
+    "overload_probability",
+]
 
 
 def enumerate_points(lattice: Lattice | Tensor | str, radius: float,

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from llvq.lattices.lattice import Lattice, as_lattice
 
-__all__ = ["sample_dither", "dithered_quantize", "dithered_dequantize"]
+__all__ = ["dithered_dequantize", "dithered_quantize", "sample_dither"]
 
 
 def sample_dither(lattice: Lattice | Tensor | str, shape: tuple[int, ...], seed: int,

@@ -12,13 +12,20 @@ Every decoder maps ``x: (..., n) -> (..., n)`` (the nearest lattice point), batc
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-__all__ = ["decode_zn", "decode_dn", "decode_an_ambient", "helmert_basis", "AnDecoder",
-           "CosetDecoder", "Decoder"]
+__all__ = [
+    "AnDecoder",
+    "CosetDecoder",
+    "Decoder",
+    "decode_an_ambient",
+    "decode_dn",
+    "decode_zn",
+    "helmert_basis",
+]
 
 Decoder = Callable[[Tensor], Tensor]
 

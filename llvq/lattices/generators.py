@@ -17,18 +17,23 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from llvq.lattices.fast import (AnDecoder, CosetDecoder, decode_an_ambient, decode_dn, decode_zn,
-                                helmert_basis)
+from llvq.lattices.fast import (
+    AnDecoder,
+    CosetDecoder,
+    decode_dn,
+    decode_zn,
+    helmert_basis,
+)
 from llvq.lattices.integer import basis_from_generators, integer_left_kernel, project_to_span
 from llvq.lattices.lattice import Lattice
 from llvq.lattices.reduction import lll
 
-__all__ = ["get_lattice", "list_lattices", "BEST_KNOWN", "golay_code", "AE9_HEIGHT"]
+__all__ = ["AE9_HEIGHT", "BEST_KNOWN", "get_lattice", "golay_code", "list_lattices"]
 
 #: height of the glue vector of AE9 (Agrell & Allen 2023); nsm.md lists 0.573224.
 AE9_HEIGHT = 0.573224
@@ -248,7 +253,7 @@ def _fixed(key: str) -> Lattice:
     raise KeyError(key)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _build(key: str) -> Lattice:
     m = re.fullmatch(r"([zad])(\d+)([*+]?)", key)
     if m:
@@ -280,7 +285,7 @@ def get_lattice(name: str) -> Lattice:
         ValueError: for an unknown name (the message lists the known ones).
     """
     if not isinstance(name, str):
-        raise ValueError(f"lattice name must be a string, got {name!r}")
+        raise TypeError(f"lattice name must be a string, got {name!r}")
     try:
         return _build(name.strip().lower())
     except KeyError:

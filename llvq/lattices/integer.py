@@ -9,13 +9,18 @@ Algebraic Number Theory*, Alg. 2.4.4 (Hermite normal form) and 2.4.10 (integer k
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from fractions import Fraction
-from typing import Sequence
 
 import numpy as np
 
-__all__ = ["row_echelon", "basis_from_generators", "integer_left_kernel", "to_integer_matrix",
-           "project_to_span"]
+__all__ = [
+    "basis_from_generators",
+    "integer_left_kernel",
+    "project_to_span",
+    "row_echelon",
+    "to_integer_matrix",
+]
 
 
 def row_echelon(rows: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[list[int]], int]:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from llvq.lattices.lattice import Lattice
 from llvq.lattices.sphere import check_generator
 
-__all__ = ["save_generator", "load_generator", "load_lattice"]
+__all__ = ["load_generator", "load_lattice", "save_generator"]
 
 
 def save_generator(generator: Tensor | Lattice, path: str | Path) -> None:

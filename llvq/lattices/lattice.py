@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -81,7 +81,7 @@ class Lattice:
         """Lattice points ``u @ G`` (float64) of integer coordinates ``u: (..., n)``."""
         return u.double() @ self.generator.to(u.device)
 
-    def dual(self) -> "Lattice":
+    def dual(self) -> Lattice:
         """The dual lattice, generator ``(G^-1)^T``."""
         name = self.name[:-1] if self.name.endswith("*") else self.name + "*"
         return Lattice(name, self._inv.T.contiguous())
@@ -90,7 +90,7 @@ class Lattice:
         return f"Lattice({self.name}, dim={self.dim}, volume={self.volume:.6g})"
 
 
-def as_lattice(obj: "Lattice | Tensor | str") -> Lattice:
+def as_lattice(obj: Lattice | Tensor | str) -> Lattice:
     """A :class:`Lattice` from a lattice, a generator matrix or a registered name."""
     if isinstance(obj, Lattice):
         return obj

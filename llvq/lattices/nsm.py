@@ -9,7 +9,7 @@ IEEE T-IT 2023, eq. 3). The parallelepiped ``u @ G, u in [0, 1)^n`` tiles space,
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

@@ -26,11 +26,17 @@ from torch import Tensor
 
 from llvq.lattices.reduction import lll
 
-__all__ = ["PreparedBasis", "prepare", "closest_coordinates", "closest_point", "METHODS",
-           "check_generator"]
+__all__ = [
+    "METHODS",
+    "PreparedBasis",
+    "check_generator",
+    "closest_coordinates",
+    "closest_point",
+    "prepare",
+]
 
 METHODS = ("exact", "babai", "nearest_plane")
-_CACHE: OrderedDict[tuple, "PreparedBasis"] = OrderedDict()
+_CACHE: OrderedDict[tuple, PreparedBasis] = OrderedDict()
 _CACHE_SIZE = 64
 
 

@@ -1,5 +1,7 @@
 """LightningModules: one per kind of job, never one per quantizer."""
 
 from llvq.modules.autoencoder import AutoencoderModule
+from llvq.modules.lattice_design import LatticeDesignModule
+from llvq.modules.prior import PriorModule
 
-__all__ = ["AutoencoderModule"]
+__all__ = ["AutoencoderModule", "LatticeDesignModule", "PriorModule"]

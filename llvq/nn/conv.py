@@ -14,10 +14,11 @@ Each strided stage halves the spatial size: images ``(B, C, H, W)`` map to laten
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 from torch import Tensor, nn
 
-__all__ = ["ConvEncoder", "ConvDecoder", "ResidualLayer"]
+__all__ = ["ConvDecoder", "ConvEncoder", "ResidualLayer"]
 
 
 def _check_channels(channels: Sequence[int], what: str) -> list[int]:
@@ -87,7 +88,7 @@ class ConvDecoder(nn.Module):
         layers: list[nn.Module] = [nn.Conv2d(latent_dim, chans[0], 3, padding=1), nn.LeakyReLU()]
         for _ in range(num_residual):
             layers += [ResidualLayer(chans[0]), nn.LeakyReLU()]
-        for width, nxt in zip(chans, chans[1:]):
+        for width, nxt in pairwise(chans):
             layers += [nn.ConvTranspose2d(width, nxt, 4, stride=2, padding=1), nn.LeakyReLU()]
         layers.append(nn.ConvTranspose2d(chans[-1], out_channels, 4, stride=2, padding=1))
         self.net = nn.Sequential(*layers)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["nearest_codeword", "usage_metrics", "check_codebook_size"]
+__all__ = ["check_codebook_size", "nearest_codeword", "usage_metrics"]
 
 
 def check_codebook_size(codebook_size: int, name: str) -> None:

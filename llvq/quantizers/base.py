@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-__all__ = ["QuantizerOutput", "Quantizer", "check_latents"]
+__all__ = ["Quantizer", "QuantizerOutput", "check_latents"]
 
 
 @dataclass

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from llvq.quantizers.base import Quantizer
 
-__all__ = ["REGISTRY", "register", "build", "list_quantizers"]
+__all__ = ["REGISTRY", "build", "list_quantizers", "register"]
 
 REGISTRY: dict[str, type[Quantizer]] = {}
 

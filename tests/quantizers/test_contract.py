@@ -7,7 +7,6 @@ import torch
 from torch.testing import assert_close
 
 from llvq.quantizers import REGISTRY, QuantizerOutput, build, list_quantizers
-
 from tests.conftest import CONFIG_DIR
 
 NAMES = list_quantizers()

@@ -1,0 +1,13 @@
+"""Lightning callbacks: codebook utilization, reconstruction grids, lattice pictures.
+
+One callback per file, one YAML per callback under ``configs/callbacks/``; every one works
+through the quantizer contract alone and skips (with an info log) modules it cannot serve.
+"""
+
+from llvq.callbacks.code_counter import CodeCounter, usage_stats
+from llvq.callbacks.codebook_utilization import CodebookUtilization
+from llvq.callbacks.lattice_view import LatticeView, lattice_basis
+from llvq.callbacks.reconstruction_grid import ReconstructionGrid
+
+__all__ = ["CodeCounter", "CodebookUtilization", "LatticeView", "ReconstructionGrid",
+           "lattice_basis", "usage_stats"]

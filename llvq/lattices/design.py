@@ -1,0 +1,468 @@
+"""Gradient-based lattice design: stochastic gradient descent on the normalized second moment.
+
+Objective (Agrell & Eriksson, "Optimization of lattices for quantization", IEEE T-IT 44(5),
+1998, eq. 11-13): for a generator ``B`` (rows = basis), ``u ~ U[0,1)^n``, ``x = u B``,
+``z`` the integer coordinates of the *exact* closest point, ``e = (u - z) B`` and
+
+    G(B) = E ||e||^2 / (n |det B|^(2/n)).
+
+``z`` is treated as a constant (the nearest-point choice is piecewise constant, its gradient is
+zero almost everywhere), so autograd through ``e = (u - z) B`` gives the Agrell–Eriksson update.
+
+Parametrizations (``method``):
+
+* ``free``: a free lower-triangular ``B`` (Agrell & Eriksson 1998), LLL-reduced and
+  re-triangularised every ``reduce_every`` steps;
+* ``splice``: the orthogonal direct sum of two lattices ``L1 ⊕ L2`` with the optimal relative
+  scale, unit volume, no parameters (the baseline);
+* ``householder``: ``B = H_k ... H_1 B_s``, ``H_i = I - 2 v_i v_i^T / |v_i|^2`` with learnable
+  ``v_i`` (Zhang et al., "Gradient Based Method for the Fusion of Lattice Quantizers", 2025,
+  arXiv:2502.06887, Sec. 3.1);
+* ``matrix_exp``: ``B = exp(A) B_s`` with ``A`` skew-symmetric and learnable (ibid., Sec. 3.2).
+
+With rows as basis vectors an orthogonal factor on the *right* only rotates the lattice (same
+NSM); the fusion factor therefore acts on the *left* (it mixes the basis vectors of the two
+parts; the paper's column convention writes the same thing as ``B_s Q``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import math
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from llvq.lattices.generators import BEST_KNOWN, get_lattice
+from llvq.lattices.lattice import Lattice
+from llvq.lattices.reduction import lll
+from llvq.lattices.sphere import check_generator, closest_point, prepare
+
+__all__ = [
+    "METHODS",
+    "REFERENCE_NSM",
+    "SEED_NSM",
+    "DesignResult",
+    "LatticeParametrization",
+    "auto_parts",
+    "check_design",
+    "decode_coordinates",
+    "design_lattice",
+    "nsm_loss",
+    "precise_nsm",
+    "save_designed",
+    "splice_generator",
+]
+
+METHODS = ("free", "splice", "householder", "matrix_exp")
+
+#: best known NSM per dimension (docs: /reference nsm.md, independent Monte-Carlo column).
+REFERENCE_NSM: dict[int, float] = {
+    1: 1 / 12, 2: 0.080188, 3: 0.078543, 4: 0.076603, 5: 0.075625, 6: 0.074244, 7: 0.073116,
+    8: 0.071682, 9: 0.071623, 10: 0.070814, 11: 0.070426, 12: 0.070031, 13: 0.069693,
+    14: 0.069261, 15: 0.068873, 16: 0.068301, 17: 0.068217, 18: 0.067936, 19: 0.067695,
+    20: 0.067324, 21: 0.067035, 22: 0.066656, 23: 0.066264, 24: 0.065755,
+}
+
+#: NSM of the seed lattice ``get_lattice(BEST_KNOWN[n])`` used for splicing: the reference value,
+#: except 12-15 where that lattice is a section of Lambda16 (10^5-sample estimates, ±4e-5).
+SEED_NSM: dict[int, float] = {**REFERENCE_NSM, 12: 0.070619, 13: 0.071293, 14: 0.071132,
+                              15: 0.069295}
+
+
+def check_design(dim: int, method: str, parts: Sequence[int | str] | None = None) -> None:
+    """Raise one ``ValueError`` naming the setting when ``dim``, ``method`` or ``parts`` is bad."""
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+        raise ValueError(f"lattice.dim={dim!r}: the lattice dimension must be an integer >= 1")
+    if method not in METHODS:
+        raise ValueError(f"lattice.method={method!r} is unknown; choose one of {METHODS}")
+    if method in ("splice", "householder", "matrix_exp") and parts is None and dim < 2:
+        raise ValueError(f"lattice.method={method!r} splices two lattices and needs "
+                         f"lattice.dim >= 2 (got {dim}); use lattice.method=free")
+    if parts is not None:
+        dims = [_part(p).dim for p in parts]
+        if len(dims) < 2 or sum(dims) != dim:
+            raise ValueError(f"lattice.parts={list(parts)} has dimensions {dims}; give two or more "
+                             f"lattices whose dimensions add up to lattice.dim={dim}")
+
+
+def _part(p: int | str | Lattice) -> Lattice:
+    """A part of a splice: a dimension (its best known lattice) or a lattice name."""
+    if isinstance(p, Lattice):
+        return p
+    if isinstance(p, (int, np.integer)) and not isinstance(p, bool):
+        if int(p) not in BEST_KNOWN:
+            raise ValueError(f"lattice.parts: no seed lattice of dimension {p} (known: "
+                             f"{min(BEST_KNOWN)}-{max(BEST_KNOWN)})")
+        return get_lattice(BEST_KNOWN[int(p)])
+    try:
+        return get_lattice(str(p))
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"lattice.parts: unknown seed lattice {p!r} ({err})") from None
+
+
+def auto_parts(dim: int, max_part: int = 16) -> tuple[int, int]:
+    """The split ``n1 + n2 = dim`` whose optimally scaled splice has the lowest NSM.
+
+    Uses ``G = G1^(n1/n) G2^(n2/n)`` with the :data:`SEED_NSM` of each part; parts are at most
+    ``max_part``-dimensional (default 16: fuse lattices of lower dimension, not sections of the
+    Leech lattice).
+    """
+    top = min(dim - 1, max_part)
+    splits = [(a, dim - a) for a in range(1, top + 1) if a >= dim - a]
+    if not splits:
+        raise ValueError(f"lattice.dim={dim}: no split into two parts of dimension <= {max_part}; "
+                         f"set lattice.parts explicitly")
+    return min(splits, key=lambda s: sum(k * math.log(SEED_NSM[k]) for k in s))
+
+
+def splice_generator(parts: Sequence[int | str | Lattice]) -> Tensor:
+    """Block-diagonal generator of ``L1 ⊕ L2 ⊕ ...``, optimally scaled, unit volume (float64).
+
+    Each part is scaled to unit volume and then by ``G_i^(-1/2)`` so that every part has the
+    same per-dimension second moment, which minimises the NSM of the sum (the weighted AM–GM
+    bound ``G = prod G_i^(n_i/n)``); ``G_i`` is the reference value when the part is the best
+    known lattice of its dimension, else a 20,000-sample estimate.
+    """
+    blocks = []
+    for lat in (_part(p) for p in parts):
+        g = lat.generator / lat.volume ** (1.0 / lat.dim)
+        if lat.dim == 1 or BEST_KNOWN.get(lat.dim, "").lower() == lat.name.lower():
+            g_i = SEED_NSM[lat.dim]
+        else:
+            g_i = precise_nsm(g, 20_000, seed=0)[0]
+        blocks.append(g / math.sqrt(g_i))
+    b = torch.block_diag(*blocks)
+    return b / float(torch.linalg.det(b).abs()) ** (1.0 / b.shape[0])
+
+
+def _lower_triangular(b: Tensor) -> Tensor:
+    """The same lattice, rotated so that its generator is lower triangular with positive diagonal."""
+    q, r = torch.linalg.qr(b.T)  # b.T = q r  ->  b = r.T q.T, a rotation of r.T
+    s = torch.sign(torch.diagonal(r))
+    s[s == 0] = 1.0
+    return (r * s[:, None]).T.contiguous()
+
+
+class LatticeParametrization(nn.Module):
+    """A unit-volume generator ``B(θ)`` (rows = basis) in one of :data:`METHODS`.
+
+    Args:
+        dim: lattice dimension ``n >= 1``.
+        method: ``free``, ``splice``, ``householder`` or ``matrix_exp``.
+        parts: the spliced lattices (dimensions or names), default :func:`auto_parts`.
+        reflections: number of Householder vectors (default ``n`` rounded up to even).
+        init: ``free`` only: ``"random"`` (a Gaussian lower-triangular start) or ``"splice"``.
+        init_noise: scale of the random start of the fusion parameters (0 = exactly the splice).
+        seed: seed of the initial parameters.
+    """
+
+    def __init__(self, dim: int, method: str = "free", parts: Sequence[int | str] | None = None,
+                 reflections: int | None = None, init: str = "random", init_noise: float = 1e-3,
+                 seed: int = 0) -> None:
+        super().__init__()
+        check_design(dim, method, parts)
+        if init not in ("random", "splice"):
+            raise ValueError(f"lattice.init={init!r}: choose 'random' or 'splice'")
+        self.dim, self.method = dim, method
+        gen = torch.Generator().manual_seed(seed)
+        needs_splice = method != "free" or init == "splice"
+        if needs_splice and parts is None:
+            parts = auto_parts(dim) if dim > 1 else None
+        self.parts = [p if isinstance(p, str) else int(p) for p in parts] if parts else None
+        base = splice_generator(self.parts) if needs_splice else None
+        if method == "free":
+            if base is None:
+                start = torch.randn(dim, dim, generator=gen, dtype=torch.float64).tril()
+                start.diagonal().abs_().add_(0.1)
+            else:
+                start = _lower_triangular(base)
+            self.weight = nn.Parameter(start)
+        else:
+            self.register_buffer("base", base)
+        if method == "householder":
+            k = reflections if reflections is not None else dim + dim % 2
+            if k < 1:
+                raise ValueError(f"lattice.reflections={k}: need at least one reflection")
+            v = torch.randn(k, dim, generator=gen, dtype=torch.float64)
+            # pairs of (almost) equal reflections cancel: start next to the splice
+            v[1::2] = v[0: k - k % 2: 2] + init_noise * torch.randn(
+                k // 2, dim, generator=gen, dtype=torch.float64)
+            self.vectors = nn.Parameter(v)
+        elif method == "matrix_exp":
+            a = init_noise * torch.randn(dim, dim, generator=gen, dtype=torch.float64)
+            self.skew = nn.Parameter(a.triu(1))
+
+    def orthogonal(self) -> Tensor:
+        """The fusion factor ``Q`` (identity for ``free`` and ``splice``)."""
+        eye = torch.eye(self.dim, dtype=torch.float64)
+        if self.method == "householder":
+            q = eye
+            for v in self.vectors:  # Q = H_k ... H_1
+                v = v / v.norm()
+                q = q - 2.0 * v[:, None] * (v @ q)[None, :]
+            return q
+        if self.method == "matrix_exp":
+            a = self.skew.triu(1)
+            return torch.linalg.matrix_exp(a - a.T)
+        return eye
+
+    def forward(self) -> Tensor:
+        """The generator ``(n, n)``, float64, unit volume, differentiable in the parameters."""
+        if self.method == "free":
+            b = self.weight.tril()
+        else:
+            b = self.orthogonal() @ self.base
+        det = torch.linalg.det(b).abs()
+        return b / det ** (1.0 / self.dim)
+
+    @torch.no_grad()
+    def reduce_(self) -> None:
+        """``free``: replace the basis by its LLL reduction, re-triangularised (same lattice)."""
+        if self.method != "free":
+            return
+        reduced, _ = lll(self.forward().numpy())
+        self.weight.copy_(_lower_triangular(torch.from_numpy(reduced)))
+
+    @torch.no_grad()
+    def normalize_(self) -> None:
+        """``free``: rescale the parameter to unit volume (keeps step sizes meaningful)."""
+        if self.method == "free":
+            self.weight.copy_(self.forward())
+
+
+# --- a compiled Schnorr–Euchner kernel (optional; falls back to llvq.lattices.closest_point) ---
+
+_SE_SOURCE = r"""
+#include <math.h>
+#include <string.h>
+/* Schnorr-Euchner depth-first closest-point search (Agrell et al. 2002, Alg. DECODE), one point
+   at a time. z: (N, n) targets scaled by diag(R); up: (n, n) strict upper R_kj / R_kk;
+   d2: (n) R_kk^2; out: (N, n) integer coordinates. */
+void se_decode(int n, long num, const double *zs, const double *up, const double *d2, double *out) {
+    double c[128], u[128], step[128], dist[129], ub[128];
+    for (long p = 0; p < num; ++p) {
+        const double *z = zs + p * n;
+        double best = INFINITY;
+        int k = n - 1;
+        dist[n] = 0.0;
+        c[k] = z[k]; u[k] = floor(c[k] + 0.5); step[k] = c[k] >= u[k] ? 1.0 : -1.0;
+        for (;;) {
+            double y = c[k] - u[k];
+            double nd = dist[k + 1] + d2[k] * y * y;
+            if (nd < best) {
+                if (k > 0) {
+                    dist[k] = nd; --k;
+                    double s = z[k];
+                    const double *row = up + (long)k * n;
+                    for (int j = k + 1; j < n; ++j) s -= row[j] * u[j];
+                    c[k] = s; u[k] = floor(s + 0.5); step[k] = s >= u[k] ? 1.0 : -1.0;
+                    continue;
+                }
+                best = nd; memcpy(ub, u, sizeof(double) * n);
+            }
+            if (++k >= n) break;
+            u[k] += step[k]; step[k] = -step[k] - (step[k] > 0 ? 1.0 : -1.0);
+        }
+        memcpy(out + p * n, ub, sizeof(double) * n);
+    }
+}
+"""
+_KERNEL: list = []  # [ctypes function or None], filled on first use
+
+
+def _kernel() -> Callable | None:
+    """Compile (once, cached on disk by source hash) and load the C kernel; ``None`` if no compiler."""
+    if _KERNEL:
+        return _KERNEL[0]
+    fn = None
+    if os.environ.get("LLVQ_NO_CKERNEL") != "1":
+        tag = hashlib.sha1(_SE_SOURCE.encode()).hexdigest()[:12]
+        cache = Path(os.environ.get("LLVQ_CACHE", Path(tempfile.gettempdir()) / "llvq-cache"))
+        lib = cache / f"se_decode_{tag}.so"
+        try:
+            if not lib.is_file():
+                cache.mkdir(parents=True, exist_ok=True)
+                src = cache / f"se_decode_{tag}_{os.getpid()}.c"
+                src.write_text(_SE_SOURCE)
+                tmp = lib.with_suffix(f".{os.getpid()}.so")
+                subprocess.run(["cc", "-O3", "-shared", "-fPIC", "-o", str(tmp), str(src)],
+                               check=True, capture_output=True, timeout=120)
+                os.replace(tmp, lib)
+                src.unlink(missing_ok=True)
+            fn = ctypes.CDLL(str(lib)).se_decode
+            fn.restype = None
+            fn.argtypes = [ctypes.c_int, ctypes.c_long] + [ctypes.c_void_p] * 4
+        except (OSError, subprocess.SubprocessError):
+            fn = None
+    _KERNEL.append(fn)
+    return fn
+
+
+def decode_coordinates(generator: Tensor, x: Tensor) -> Tensor:
+    """Integer coordinates (float64, ``(N, n)``) of the exact closest point of each row of ``x``.
+
+    Same answer as ``closest_coordinates(generator, x, "exact")``; uses the compiled kernel when a
+    C compiler is available (tens of times faster in dimensions 12-24), else the batched torch
+    search of :mod:`llvq.lattices.sphere`.
+    """
+    basis = prepare(generator)
+    fn = _kernel() if basis.n <= 128 else None
+    x64 = x.detach().double().cpu().reshape(-1, basis.n)
+    if fn is None:
+        g = basis.generator
+        return torch.round(closest_point(g, x64, "exact") @ torch.linalg.inv(g))
+    b, b_inv, t, q, diag, upper = basis.tensors(torch.device("cpu"))
+    base = torch.floor(x64 @ b_inv + 0.5)
+    z = np.ascontiguousarray((((x64 - base @ b) @ q) / diag).numpy())
+    up = np.ascontiguousarray(upper.numpy())
+    d2 = np.ascontiguousarray(diag.square().numpy())
+    out = np.empty_like(z)
+    fn(basis.n, z.shape[0], z.ctypes.data, up.ctypes.data, d2.ctypes.data, out.ctypes.data)
+    return (torch.from_numpy(out) + base) @ t
+
+
+def nsm_loss(generator: Tensor, u: Tensor) -> Tensor:
+    """Batch estimate of the NSM, differentiable in ``generator`` (Agrell & Eriksson 1998).
+
+    Args:
+        generator: ``(n, n)`` float64 generator (rows = basis), any volume.
+        u: ``(N, n)`` uniform ``[0, 1)`` coordinates; ``x = u @ generator``.
+
+    Returns:
+        scalar ``mean ||(u - z) B||^2 / (n |det B|^(2/n))`` with the nearest-point coordinates
+        ``z`` held constant (stop-gradient through the decoder).
+    """
+    n = generator.shape[0]
+    with torch.no_grad():
+        z = decode_coordinates(generator.detach(), u @ generator.detach())  # (N, n)
+    e = (u - z) @ generator  # (N, n) error, uniform over the Voronoi cell
+    vol = torch.linalg.det(generator).abs()
+    return e.square().sum(-1).mean() / (n * vol ** (2.0 / n))
+
+
+def precise_nsm(generator: Tensor, num_samples: int = 200_000, seed: int = 0,
+                batch_size: int = 50_000) -> tuple[float, float]:
+    """Monte-Carlo NSM ``(G, standard error)`` with the exact decoder (as :func:`llvq.lattices.nsm`)."""
+    g = check_generator(generator).detach().double().cpu()
+    n = g.shape[0]
+    vol = float(torch.linalg.det(g).abs())
+    total = total_sq = 0.0
+    done, i = 0, 0
+    while done < num_samples:
+        m = min(batch_size, num_samples - done)
+        u = torch.rand(m, n, generator=torch.Generator().manual_seed(seed + i), dtype=torch.float64)
+        x = u @ g
+        e = (x - decode_coordinates(g, x) @ g).square().sum(-1) / (n * vol ** (2.0 / n))
+        total, total_sq, done, i = total + float(e.sum()), total_sq + float(e.square().sum()), done + m, i + 1
+    mean = total / done
+    var = max(total_sq / done - mean * mean, 0.0) * done / max(done - 1, 1)
+    return mean, math.sqrt(var / done)
+
+
+@dataclass
+class DesignResult:
+    """What :func:`design_lattice` found: the generator, its NSM ± s.e., and the batch history."""
+
+    generator: Tensor
+    nsm: float
+    se: float
+    history: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def lr_at(step: int, lr: float, anneal: float) -> float:
+    """Annealed step size ``lr / (1 + step / anneal)`` (``anneal <= 0``: constant)."""
+    return lr / (1.0 + step / anneal) if anneal > 0 else lr
+
+
+def design_lattice(dim: int, method: str = "free", steps: int = 2000, batch_size: int = 512,
+                   lr: float = 0.5, anneal: float | None = None, momentum: float = 0.0,
+                   reduce_every: int = 100, parts: Sequence[int | str] | None = None,
+                   reflections: int | None = None, init: str = "random", seed: int = 0,
+                   eval_samples: int = 100_000,
+                   callback: Callable[[int, float], None] | None = None) -> DesignResult:
+    """Search a low-NSM lattice by SGD (outside Lightning; the module runs the same step).
+
+    Args:
+        dim: dimension.
+        method: one of :data:`METHODS`.
+        steps: SGD steps (0 for ``splice``: nothing to learn).
+        batch_size: uniform samples per step.
+        lr: initial step size; annealed as ``lr / (1 + t / anneal)``.
+        anneal: annealing time in steps (default ``steps / 10``).
+        momentum: SGD momentum.
+        reduce_every: LLL-reduce the ``free`` basis every this many steps (0 = never).
+        parts, reflections, init: see :class:`LatticeParametrization`.
+        seed: seeds the initial parameters and the samples.
+        eval_samples: samples of the final NSM estimate.
+        callback: called as ``callback(step, batch_nsm)``.
+    """
+    import time
+
+    t0 = time.perf_counter()
+    param = LatticeParametrization(dim, method, parts, reflections, init, seed=seed)
+    step_fn = DesignStep(param, lr, anneal if anneal is not None else steps / 10, momentum,
+                         reduce_every, seed)
+    history = []
+    for t in range(steps if list(param.parameters()) else 0):
+        value = step_fn(t, batch_size)
+        history.append(value)
+        if callback is not None:
+            callback(t, value)
+    g = param().detach()
+    value, se = precise_nsm(g, eval_samples, seed=seed + 1_000_003)
+    return DesignResult(g, value, se, history, time.perf_counter() - t0)
+
+
+class DesignStep:
+    """One SGD step on the NSM: sample, decode exactly, backpropagate, anneal, renormalise, reduce.
+
+    Args:
+        param: the parametrization to train.
+        lr, anneal, momentum, reduce_every: see :func:`design_lattice`.
+        seed: seed of the uniform samples.
+    """
+
+    def __init__(self, param: LatticeParametrization, lr: float, anneal: float,
+                 momentum: float = 0.0, reduce_every: int = 100, seed: int = 0) -> None:
+        self.param, self.lr, self.anneal, self.reduce_every = param, lr, anneal, reduce_every
+        params = list(param.parameters())
+        self.opt = torch.optim.SGD(params, lr=lr, momentum=momentum) if params else None
+        self.gen = torch.Generator().manual_seed(seed + 7919)
+
+    def __call__(self, t: int, batch_size: int) -> float:
+        u = torch.rand(batch_size, self.param.dim, generator=self.gen, dtype=torch.float64)
+        loss = nsm_loss(self.param(), u)
+        if self.opt is not None:
+            for group in self.opt.param_groups:
+                group["lr"] = lr_at(t, self.lr, self.anneal)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.param.normalize_()
+            if self.reduce_every > 0 and (t + 1) % self.reduce_every == 0:
+                self.param.reduce_()
+        return float(loss.detach())
+
+
+def save_designed(path: str | Path, generator: Tensor, **metadata: object) -> Path:
+    """Save ``generator`` as safetensors (tensor ``generator``, rows = basis) with string metadata.
+
+    The file loads with :func:`llvq.lattices.load_generator` and as a quantizer with
+    ``model/quantizer=lattice quantizer.generator=<path>``.
+    """
+    g = check_generator(generator).detach().double().cpu().contiguous()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"generator": g}, str(p), metadata={k: str(v) for k, v in metadata.items()})
+    return p

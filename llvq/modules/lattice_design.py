@@ -1,0 +1,128 @@
+"""Lattice design through the trainer: every training step is one SGD batch on the NSM.
+
+``python train.py experiment=lattice_design lattice.dim=13 lattice.method=householder``
+
+The module owns a :class:`~llvq.lattices.design.LatticeParametrization` (free lower-triangular,
+splice, Householder or matrix-exponential fusion) and draws its own uniform samples from a
+seeded generator (step ``t`` uses seed ``(seed, t)``, so a resumed run draws what the
+uninterrupted one would). ``train_dataloader`` yields step indices only. Each step: ``u ~
+U[0,1)^n``, exact closest point, NSM loss (Agrell & Eriksson 1998, eq. 11-13), one SGD step
+with the annealed size ``lr / (1 + t / anneal)``, renormalise to unit volume, and every
+``reduce_every`` steps an LLL reduction (``free``). At the end (rank zero) the precise NSM ± s.e.
+is estimated and the generator is written to ``<output_dir>/lattice_dim<d>_<method>.safetensors``
+(tensor ``generator``, rows = basis; metadata nsm, se, method, dim, seed, parts).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor
+
+from llvq.lattices.design import LatticeParametrization, lr_at, nsm_loss, precise_nsm, save_designed
+
+__all__ = ["LatticeDesignModule"]
+
+log = logging.getLogger("llvq")
+
+
+class LatticeDesignModule(L.LightningModule):
+    """SGD search for a low-NSM lattice.
+
+    Args:
+        dim: lattice dimension ``n >= 1``.
+        method: ``free``, ``splice``, ``householder`` or ``matrix_exp``.
+        parts: spliced lattices (dimensions or names); ``None`` = the best pair
+            (:func:`~llvq.lattices.design.auto_parts`).
+        reflections: Householder vectors (default ``n`` rounded up to even).
+        init: ``free`` only: ``"random"`` or ``"splice"``.
+        batch_size: uniform samples per step.
+        lr: initial SGD step size; ``anneal``: annealing time in steps (``<= 0``: constant).
+        momentum: SGD momentum.
+        reduce_every: LLL-reduce the ``free`` basis every this many steps (0 = never).
+        seed: seeds the initial parameters and the samples.
+        eval_samples: samples of the final NSM estimate (``fast_dev_run`` uses at most 2,000).
+        steps_per_epoch: length of the dummy dataloader (one epoch).
+        output_dir: where the generator file goes (``None``: the trainer's ``default_root_dir``).
+    """
+
+    def __init__(self, dim: int, method: str = "householder", parts: Sequence[int | str] | None = None,
+                 reflections: int | None = None, init: str = "random", batch_size: int = 1024,
+                 lr: float = 0.5, anneal: float = 500.0, momentum: float = 0.0,
+                 reduce_every: int = 100, seed: int = 0, eval_samples: int = 200_000,
+                 steps_per_epoch: int = 1000, output_dir: str | None = None) -> None:
+        super().__init__()
+        for key, value, low in (("batch_size", batch_size, 1), ("eval_samples", eval_samples, 2),
+                                ("steps_per_epoch", steps_per_epoch, 1)):
+            if int(value) < low:
+                raise ValueError(f"lattice.{key} must be >= {low}, got {value}")
+        if lr <= 0:
+            raise ValueError(f"lattice.lr must be > 0, got {lr}")
+        parts = list(parts) if parts is not None else None
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.lattice = LatticeParametrization(dim, method, parts, reflections, init, seed=seed)
+        self.final: dict[str, Any] = {}
+
+    def train_dataloader(self) -> list[int]:
+        """Step indices; the samples are drawn in :meth:`training_step` from the seeded RNG."""
+        return list(range(self.hparams.steps_per_epoch))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer | None:
+        params = list(self.lattice.parameters())
+        if not params:  # splice: nothing to learn, the steps only estimate the NSM
+            return None
+        return torch.optim.SGD(params, lr=self.hparams.lr, momentum=self.hparams.momentum)
+
+    def generator(self) -> Tensor:
+        """The current unit-volume generator (float64, rows = basis), detached."""
+        return self.lattice().detach()
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        hp, t = self.hparams, self.global_step
+        rng = torch.Generator().manual_seed(hp.seed * 1_000_003 + t)
+        u = torch.rand(hp.batch_size, self.lattice.dim, generator=rng, dtype=torch.float64)
+        loss = nsm_loss(self.lattice(), u)
+        lr = lr_at(t, hp.lr, hp.anneal)
+        if self.lattice.method != "splice":
+            opt = self.optimizers()
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.zero_grad()
+            self.manual_backward(loss)
+            opt.step()
+            self.lattice.normalize_()
+            if hp.reduce_every > 0 and (t + 1) % hp.reduce_every == 0:
+                self.lattice.reduce_()
+        self.log("train/nsm", loss.detach().float(), on_step=True, prog_bar=True, batch_size=1)
+        self.log("train/lr", lr, on_step=True, batch_size=1)
+        return loss.detach()
+
+    def on_train_end(self) -> None:
+        self._finish()
+
+    @rank_zero_only
+    def _finish(self) -> None:
+        hp = self.hparams
+        samples = min(hp.eval_samples, 2000) if self.trainer.fast_dev_run else hp.eval_samples
+        g = self.generator()
+        value, se = precise_nsm(g, samples, seed=hp.seed + 1_000_003)
+        out = Path(hp.output_dir or self.trainer.default_root_dir)
+        path = out / f"lattice_dim{self.lattice.dim}_{self.lattice.method}.safetensors"
+        save_designed(path, g, nsm=value, se=se, method=self.lattice.method, dim=self.lattice.dim,
+                      seed=hp.seed, parts=self.lattice.parts, steps=self.global_step,
+                      samples=samples)
+        self.final = {"nsm": value, "se": se, "path": str(path)}
+        for lg in self.loggers:
+            lg.log_metrics({"final/nsm": value, "final/nsm_se": se}, step=self.global_step)
+            lg.save()
+        log.info("lattice dim=%d method=%s: NSM = %.6f ± %.1e (%d samples) after %d steps",
+                 self.lattice.dim, self.lattice.method, value, se, samples, self.global_step)
+        log.info("generator saved: %s   use it with: model/quantizer=lattice "
+                 "model.quantizer.generator=%s", path, path)
