@@ -147,7 +147,7 @@ def splice_generator(parts: Sequence[int | str | Lattice]) -> Tensor:
 
 def _lower_triangular(b: Tensor) -> Tensor:
     """The same lattice, rotated so that its generator is lower triangular with positive diagonal."""
-    q, r = torch.linalg.qr(b.T)  # b.T = q r  ->  b = r.T q.T, a rotation of r.T
+    _, r = torch.linalg.qr(b.T)  # b.T = q r  ->  b = r.T q.T, a rotation of r.T
     s = torch.sign(torch.diagonal(r))
     s[s == 0] = 1.0
     return (r * s[:, None]).T.contiguous()

@@ -1,0 +1,95 @@
+"""Lattice design: NSM of orthogonal splicing vs Householder and matrix-exponential fusion.
+
+For each dimension: the optimally scaled splice of the best pair of seed lattices
+(:func:`llvq.lattices.design.auto_parts`), then the two fusion parametrizations trained by SGD
+from that splice (Zhang et al. 2025, arXiv:2502.06887), each with its final Monte-Carlo NSM ±
+standard error (exact decoder), next to the best known value (docs: nsm.md), with wall time.
+
+    python bench/lattice_design.py                          # dims 13-22 + check 2-12, ~15-20 min
+    python bench/lattice_design.py --dims 13 15 --steps 100 # quick look
+
+Writes bench/results/lattice_design.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import markdown_table, write_result
+
+from llvq.lattices.design import (
+    REFERENCE_NSM,
+    auto_parts,
+    design_lattice,
+    precise_nsm,
+    splice_generator,
+)
+from llvq.lattices.generators import BEST_KNOWN
+
+METHODS = ("householder", "matrix_exp")
+
+
+def bench_dim(dim: int, steps: int, batch: int, lr: float, eval_samples: int, seed: int) -> dict:
+    parts = auto_parts(dim)
+    t0 = time.perf_counter()
+    splice, splice_se = precise_nsm(splice_generator(parts), eval_samples, seed=seed + 1_000_003)
+    best = REFERENCE_NSM[dim]
+    row = {"dim": dim, "parts": " + ".join(BEST_KNOWN[p] for p in parts),
+           "splice": splice, "splice_se": splice_se, "splice_s": time.perf_counter() - t0,
+           "best_known": best}
+    for m in METHODS:
+        r = design_lattice(dim, m, steps=steps, batch_size=batch, lr=lr, anneal=steps / 2,
+                           seed=seed, eval_samples=eval_samples)
+        row.update({m: r.nsm, f"{m}_se": r.se, f"{m}_s": r.seconds,
+                    f"{m}_gap_pct": 100 * (r.nsm / best - 1),
+                    f"{m}_beats_splice": bool(splice - r.nsm > 3 * math.hypot(splice_se, r.se))})
+    row["splice_gap_pct"] = 100 * (splice / best - 1)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dims", type=int, nargs="*", default=list(range(13, 23)))
+    ap.add_argument("--check-dims", type=int, nargs="*", default=list(range(2, 13)))
+    ap.add_argument("--steps", type=int, default=200, help="SGD steps per fusion run")
+    ap.add_argument("--batch", type=int, default=512, help="samples per SGD step")
+    ap.add_argument("--lr", type=float, default=2.0)
+    ap.add_argument("--eval-samples", type=int, default=40_000)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+
+    rows = []
+    for dim in [*args.check_dims, *args.dims]:
+        row = bench_dim(dim, args.steps, args.batch, args.lr, args.eval_samples, args.seed)
+        rows.append(row)
+        print(f"dim {dim}: splice {row['splice']:.6f}  householder {row['householder']:.6f}  "
+              f"matrix_exp {row['matrix_exp']:.6f}  best {row['best_known']:.6f}  "
+              f"({row['householder_s'] + row['matrix_exp_s']:.0f} s)", flush=True)
+
+    table = [{"n": r["dim"], "parts": r["parts"], "best known": f"{r['best_known']:.6f}",
+              "splice": f"{r['splice']:.6f} ± {r['splice_se']:.1e}",
+              **{m: f"{r[m]:.6f} ± {r[m + '_se']:.1e}" + (" *" if r[m + "_beats_splice"] else "")
+                 for m in METHODS},
+              "gap % (splice / HH / exp)": f"{r['splice_gap_pct']:+.2f} / "
+                                           f"{r['householder_gap_pct']:+.2f} / "
+                                           f"{r['matrix_exp_gap_pct']:+.2f}",
+              "time s (HH / exp)": f"{r['householder_s']:.0f} / {r['matrix_exp_s']:.0f}"}
+             for r in rows]
+    columns = ["n", "parts", "best known", "splice", *METHODS, "gap % (splice / HH / exp)",
+               "time s (HH / exp)"]
+    print(markdown_table(table, columns))
+    print("* = below the splice by more than 3 combined standard errors")
+    path = write_result("lattice_design", {"settings": vars(args), "rows": rows})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
