@@ -5,8 +5,8 @@ through the codes contract alone: basis vector ``k`` is ``decode(e_k) − decode
 dither cancels in the difference), a ``(D, D)`` matrix ``B`` whose rows span the lattice —
 ``diag B`` for LL-VQ-VAE's diagonal lattice (eq. 5), ``s·G`` per block for a product lattice.
 
-The figure has ``num_pairs`` panels of 2-D projections onto latent axes ``(2i, 2i+1)``: the
-latents of the first validation batch (grey), the lattice points they quantize to (red) and,
+The figure has ``num_pairs`` panels of 2-D projections onto pairs of latent axes, those along
+which the lattice points in use vary most first: the latents of the first validation batch (grey), the lattice points they quantize to (red) and,
 where ``B`` is diagonal, the lattice's grid lines. A last panel shows the basis vector lengths
 ``‖b_k‖`` over the validation epochs (the diagonal basis over time); that history is kept in the
 checkpoint. Drawn on rank zero; skipped (with an info log) for finite codebooks and ``identity``.
@@ -46,7 +46,7 @@ class LatticeView(Callback):
     """2-D projections of the lattice and the latents, and the basis lengths over time.
 
     Args:
-        num_pairs: projection panels, onto latent axes (0, 1), (2, 3), ...
+        num_pairs: projection panels, each onto two latent axes (most varied lattice points first).
         max_points: latent vectors drawn per panel (a fixed subsample of the first batch).
         every_n_epochs: draw every this many validation epochs (the basis is recorded each one).
         tag: TensorBoard figure tag.
@@ -109,8 +109,12 @@ class LatticeView(Callback):
         """The matplotlib figure: projections of ``z (N, D)``, ``zq (N, D)`` and the basis history."""
         from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
 
+        z, zq, basis = z.detach().cpu(), zq.detach().cpu(), basis.detach().cpu().double()
         dim = z.shape[1]
-        pairs = [(2 * i, 2 * i + 1) for i in range(min(self.num_pairs, dim // 2))] or [(0, 0)]
+        # most informative axes first: where the lattice points used vary most (then the latents)
+        order = torch.argsort(zq.double().var(0) + 1e-6 * z.double().var(0), descending=True)
+        order = order.tolist() if dim > 1 else [0, 0]
+        pairs = [(order[2 * k], order[2 * k + 1]) for k in range(min(self.num_pairs, max(dim // 2, 1)))]
         fig = Figure(figsize=(3.2 * (len(pairs) + 1), 3.2))
         axes = fig.subplots(1, len(pairs) + 1)
         diagonal = bool((basis - torch.diag(torch.diagonal(basis))).abs().max() < 1e-9)
@@ -136,7 +140,7 @@ class LatticeView(Callback):
         ax = axes[-1]
         if self.basis_history:
             hist = torch.stack(self.basis_history)  # (E, D)
-            ax.plot(self.epochs, hist.numpy(), lw=0.6, alpha=0.7)
+            ax.plot(self.epochs, hist.numpy(), lw=0.6, alpha=0.7, marker=".", ms=2)
         ax.set_title("basis lengths ‖b_k‖ by epoch", fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.tick_params(labelsize=7)

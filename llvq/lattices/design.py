@@ -27,12 +27,7 @@ parts; the paper's column convention writes the same thing as ``B_s Q``).
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
 import math
-import os
-import subprocess
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +40,7 @@ from torch import Tensor, nn
 from llvq.lattices.generators import BEST_KNOWN, get_lattice
 from llvq.lattices.lattice import Lattice
 from llvq.lattices.reduction import lll
-from llvq.lattices.sphere import check_generator, closest_point, prepare
+from llvq.lattices.sphere import check_generator, prepare
 
 __all__ = [
     "METHODS",
@@ -240,95 +235,16 @@ class LatticeParametrization(nn.Module):
             self.weight.copy_(self.forward())
 
 
-# --- a compiled Schnorr–Euchner kernel (optional; falls back to llvq.lattices.closest_point) ---
-
-_SE_SOURCE = r"""
-#include <math.h>
-#include <string.h>
-/* Schnorr-Euchner depth-first closest-point search (Agrell et al. 2002, Alg. DECODE), one point
-   at a time. z: (N, n) targets scaled by diag(R); up: (n, n) strict upper R_kj / R_kk;
-   d2: (n) R_kk^2; out: (N, n) integer coordinates. */
-void se_decode(int n, long num, const double *zs, const double *up, const double *d2, double *out) {
-    double c[128], u[128], step[128], dist[129], ub[128];
-    for (long p = 0; p < num; ++p) {
-        const double *z = zs + p * n;
-        double best = INFINITY;
-        int k = n - 1;
-        dist[n] = 0.0;
-        c[k] = z[k]; u[k] = floor(c[k] + 0.5); step[k] = c[k] >= u[k] ? 1.0 : -1.0;
-        for (;;) {
-            double y = c[k] - u[k];
-            double nd = dist[k + 1] + d2[k] * y * y;
-            if (nd < best) {
-                if (k > 0) {
-                    dist[k] = nd; --k;
-                    double s = z[k];
-                    const double *row = up + (long)k * n;
-                    for (int j = k + 1; j < n; ++j) s -= row[j] * u[j];
-                    c[k] = s; u[k] = floor(s + 0.5); step[k] = s >= u[k] ? 1.0 : -1.0;
-                    continue;
-                }
-                best = nd; memcpy(ub, u, sizeof(double) * n);
-            }
-            if (++k >= n) break;
-            u[k] += step[k]; step[k] = -step[k] - (step[k] > 0 ? 1.0 : -1.0);
-        }
-        memcpy(out + p * n, ub, sizeof(double) * n);
-    }
-}
-"""
-_KERNEL: list = []  # [ctypes function or None], filled on first use
-
-
-def _kernel() -> Callable | None:
-    """Compile (once, cached on disk by source hash) and load the C kernel; ``None`` if no compiler."""
-    if _KERNEL:
-        return _KERNEL[0]
-    fn = None
-    if os.environ.get("LLVQ_NO_CKERNEL") != "1":
-        tag = hashlib.sha1(_SE_SOURCE.encode()).hexdigest()[:12]
-        cache = Path(os.environ.get("LLVQ_CACHE", Path(tempfile.gettempdir()) / "llvq-cache"))
-        lib = cache / f"se_decode_{tag}.so"
-        try:
-            if not lib.is_file():
-                cache.mkdir(parents=True, exist_ok=True)
-                src = cache / f"se_decode_{tag}_{os.getpid()}.c"
-                src.write_text(_SE_SOURCE)
-                tmp = lib.with_suffix(f".{os.getpid()}.so")
-                subprocess.run(["cc", "-O3", "-shared", "-fPIC", "-o", str(tmp), str(src)],
-                               check=True, capture_output=True, timeout=120)
-                os.replace(tmp, lib)
-                src.unlink(missing_ok=True)
-            fn = ctypes.CDLL(str(lib)).se_decode
-            fn.restype = None
-            fn.argtypes = [ctypes.c_int, ctypes.c_long] + [ctypes.c_void_p] * 4
-        except (OSError, subprocess.SubprocessError):
-            fn = None
-    _KERNEL.append(fn)
-    return fn
-
-
 def decode_coordinates(generator: Tensor, x: Tensor) -> Tensor:
     """Integer coordinates (float64, ``(N, n)``) of the exact closest point of each row of ``x``.
 
-    Same answer as ``closest_coordinates(generator, x, "exact")``; uses the compiled kernel when a
-    C compiler is available (tens of times faster in dimensions 12-24), else the batched torch
-    search of :mod:`llvq.lattices.sphere`.
+    Same answer as ``closest_coordinates(generator, x, "exact")`` (on CPU, float64): the compiled
+    Schnorr–Euchner kernel of :mod:`llvq.lattices._ckernel` when a C compiler is available,
+    else the batched torch search of :mod:`llvq.lattices.sphere`.
     """
     basis = prepare(generator)
-    fn = _kernel() if basis.n <= 128 else None
     x64 = x.detach().double().cpu().reshape(-1, basis.n)
-    if fn is None:
-        g = basis.generator
-        return torch.round(closest_point(g, x64, "exact") @ torch.linalg.inv(g))
-    b, b_inv, t, q, diag, upper = basis.tensors(torch.device("cpu"))
-    base = torch.floor(x64 @ b_inv + 0.5)
-    z = np.ascontiguousarray((((x64 - base @ b) @ q) / diag).numpy())
-    up = np.ascontiguousarray(upper.numpy())
-    d2 = np.ascontiguousarray(diag.square().numpy())
-    out = np.empty_like(z)
-    fn(basis.n, z.shape[0], z.ctypes.data, up.ctypes.data, d2.ctypes.data, out.ctypes.data)
-    return (torch.from_numpy(out) + base) @ t
+    return basis.coordinates(x64, "exact")
 
 
 def nsm_loss(generator: Tensor, u: Tensor) -> Tensor:

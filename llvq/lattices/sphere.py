@@ -13,7 +13,11 @@ point search in lattices", IEEE T-IT 48(8), 2002, eq. 11-13).
 * ``nearest_plane``: Babai's nearest-plane (the first leaf of that search).
 * ``babai``: Babai's rounding ``round(x @ B^-1) @ B``.
 
-Search is done in float64 on the input's device.
+Search is done in float64 on the input's device. For ``exact`` on CPU tensors the search runs
+in the compiled kernel of :mod:`llvq.lattices._ckernel` (same algorithm, one point at a time,
+100–300 times faster in dimensions 12–24; rows split over ``torch.get_num_threads()``
+threads); the lockstep torch search is the fallback (GPU tensors, no C compiler,
+``LLVQ_NO_CKERNEL=1``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from llvq.lattices import _ckernel
 from llvq.lattices.reduction import lll
 
 __all__ = [
@@ -103,6 +108,11 @@ class PreparedBasis:
         if method == "babai":
             return (base @ t).reshape(x.shape)
         z = ((flat - base @ b) @ q) / diag  # (N, n) rotated, scaled residual
+        if method == "exact" and z.device.type == "cpu":
+            fast = _ckernel.decode(z.numpy(), upper.numpy(), diag.square().numpy(),
+                                   threads=torch.get_num_threads())
+            if fast is not None:
+                return ((torch.from_numpy(fast) + base) @ t).reshape(x.shape)
         out = torch.empty_like(z)
         for s in range(0, z.shape[0], chunk):
             zc = z[s: s + chunk]

@@ -6,6 +6,7 @@ hand-made data are known exactly (``llvq`` with a unit basis rounds each coordin
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -60,3 +61,13 @@ def hand_made_latents() -> Tensor:
 def loaders(x: Tensor, batch_size: int = 2) -> tuple[DataLoader, DataLoader]:
     ds = TensorDataset(x, torch.full((x.shape[0],), -1))
     return DataLoader(ds, batch_size=batch_size), DataLoader(ds, batch_size=batch_size)
+
+
+def write_tiny_export(path: Path) -> Path:
+    """An ``llvq-export`` directory of 32 hand-made samples (2×2 grid, 5 lattice codes) at ``path``."""
+    from llvq.export import export_codes
+
+    x = hand_made_latents().repeat(4, 1, 1, 1)  # (32, 2, 2, 2)
+    export_codes(CodesModel(unit_lattice(2)).eval(), loaders(x, batch_size=8)[1], path,
+                 progress=False)
+    return path

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from llvq.lattices import closest_point, design, get_lattice, load_generator
+from llvq.lattices import _ckernel, closest_point, get_lattice, load_generator
 from llvq.lattices.design import (
     LatticeParametrization,
     auto_parts,
@@ -33,7 +33,7 @@ def _random_generator(n: int, seed: int) -> torch.Tensor:
 @pytest.mark.parametrize("gen", ["random5", "E8", "D5*"])
 def test_decoder_is_exact(gen: str, compiled: bool, monkeypatch) -> None:
     if not compiled:
-        monkeypatch.setattr(design, "_KERNEL", [None])  # the pure-torch fallback
+        monkeypatch.setattr(_ckernel, "_KERNEL", [None])  # the pure-torch fallback
     g = _random_generator(5, 3) if gen == "random5" else get_lattice(gen).generator
     x = torch.randn(2000, g.shape[0], generator=torch.Generator().manual_seed(1),
                     dtype=torch.float64) * 3

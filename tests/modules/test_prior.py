@@ -9,18 +9,15 @@ import pytest
 import torch
 
 from llvq.data import CodesDataModule
-from llvq.export import ExportIntegrityError, export_codes
+from llvq.export import ExportIntegrityError
 from llvq.modules import PriorModule
 from llvq.sample import load_prior, sample_images
-from tests.callbacks._fake import CodesModel, hand_made_latents, loaders, unit_lattice
+from tests.callbacks._fake import CodesModel, unit_lattice, write_tiny_export
 
 
 @pytest.fixture
 def export_dir(tmp_path: Path) -> Path:
-    x = hand_made_latents().repeat(4, 1, 1, 1)  # 32 samples, 2×2 grid, 5 distinct codes
-    export_codes(CodesModel(unit_lattice(2)).eval(), loaders(x, batch_size=8)[1],
-                 tmp_path / "export", progress=False)
-    return tmp_path / "export"
+    return write_tiny_export(tmp_path / "export")  # 32 samples, 2×2 grid, 5 distinct codes
 
 
 def test_codes_datamodule_yields_raster_token_sequences(export_dir: Path) -> None:
