@@ -18,9 +18,20 @@ EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 FAST = ["++trainer.fast_dev_run=true", "callbacks=none", "logger=csv"]
 
 
+def _prior_inputs(tmp_path: Path) -> list[str]:
+    from tests.callbacks._fake import write_tiny_export
+
+    return [f"data.path={write_tiny_export(tmp_path / 'export')}"]
+
+
+# experiments that need inputs made by an earlier job (an export for the prior)
+NEEDS = {"prior": _prior_inputs}
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_fast_dev_run(experiment: str, compose_cfg) -> None:
-    cfg = compose_cfg(f"experiment={experiment}", "++trainer.fast_dev_run=true")
+def test_every_experiment_fast_dev_run(experiment: str, compose_cfg, tmp_path: Path) -> None:
+    extra = NEEDS[experiment](tmp_path) if experiment in NEEDS else []
+    cfg = compose_cfg(f"experiment={experiment}", "++trainer.fast_dev_run=true", *extra)
     metrics = run(cfg)
     assert metrics, f"experiment {experiment} logged nothing"
 
