@@ -3,7 +3,8 @@
 Same architecture, data, seed and step budget for each; reports validation reconstruction MSE,
 distinct codes used over the validation set (the LL-VQ-VAE paper's "embeddings/dataset"),
 quantizer parameters and wall time per training step, plus the quantizer's own forward+backward
-cost on 65,536 vectors (K = 512, D = 64).
+cost on 65,536 vectors (K = 512, D = 64), and the training-step overhead of each bottleneck over
+`identity` with the models' steps interleaved on the same batches.
 
     python bench/ae_compare.py                 # ~5-10 minutes on 2 CPU cores
     python bench/ae_compare.py --steps 50      # quick look
@@ -100,6 +101,38 @@ def train_one(name: str, steps: int, batch_size: int, seed: int) -> dict:
     }
 
 
+def step_overhead(names: list[str], batch_size: int, steps: int, seed: int) -> list[dict]:
+    """Training-step time of each bottleneck in the same autoencoder, steps interleaved.
+
+    All models see the same photo batches, one step each in turn, so machine noise hits them
+    alike; the medians are compared with ``identity``.
+    """
+    torch.manual_seed(seed)
+    cfg = compose_for("identity", batch_size)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    batches = [x for x, _ in zip((b[0] for b in datamodule.train_dataloader()), range(steps))]
+    models, opts = {}, {}
+    for name in names:
+        model = instantiate(compose_for(name, batch_size).model)
+        models[name] = model.train()
+        opts[name] = model.configure_optimizers()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for x in batches:
+        for name in names:
+            t = time.perf_counter()
+            x_hat, out = models[name](x)
+            loss = torch.nn.functional.mse_loss(x_hat, x) + out.loss
+            opts[name].zero_grad()
+            loss.backward()
+            opts[name].step()
+            times[name].append(time.perf_counter() - t)
+    med = {n: sorted(v[3:])[len(v[3:]) // 2] for n, v in times.items()}
+    base = med.get("identity", med[names[0]])
+    return [{"quantizer": n, "step_ms_median": 1000 * med[n], "ratio_vs_identity": med[n] / base}
+            for n in names]
+
+
 def quantizer_cost(num_vectors: int, repeats: int) -> list[dict]:
     """Forward+backward time of the bottleneck alone on (num_vectors, 64) latents."""
     rows = []
@@ -128,6 +161,8 @@ def main() -> None:
     parser.add_argument("--quantizers", nargs="+", default=list(EXPERIMENT))
     parser.add_argument("--vectors", type=int, default=65_536)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--overhead-steps", type=int, default=100,
+                        help="interleaved training steps per model for the overhead ratio")
     args = parser.parse_args()
 
     rows = []
@@ -138,13 +173,16 @@ def main() -> None:
     for r in rows:
         r["step_vs_identity"] = r["step_ms_median"] / ident["step_ms_median"] if ident else None
     cost = quantizer_cost(args.vectors, args.repeats)
+    overhead = step_overhead(args.quantizers, args.batch_size, args.overhead_steps, args.seed)
 
     print(markdown_table(rows, ["quantizer", "val_mse", "distinct_codes", "quantizer_params",
                                 "step_ms_median", "step_vs_identity", "train_wall_s"]))
     print()
     print(markdown_table(cost, ["quantizer", "fwd_bwd_ms", "ratio_vs_vq"]))
+    print()
+    print(markdown_table(overhead, ["quantizer", "step_ms_median", "ratio_vs_identity"]))
     path = write_result("ae_compare", {"settings": vars(args), "training": rows,
-                                        "quantizer_cost": cost})
+                                        "quantizer_cost": cost, "step_overhead": overhead})
     print(f"\nwrote {path}")
 
 

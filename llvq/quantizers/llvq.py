@@ -95,12 +95,18 @@ class DiagonalLatticeQuantizer(Quantizer):
         if not bool(torch.isfinite(b).all()):
             raise ValueError("quantizer 'llvq': the lattice basis became non-finite; "
                              "lower the learning rate")
-        v = torch.round(z.detach() / b.detach())  # (..., D) Babai rounding, eq. 4 (no gradient)
-        e = v * b  # (..., D) nearest lattice point; gradient reaches B through the product
-        embedding = F.mse_loss(e, z.detach())
-        commitment = F.mse_loss(z, e.detach())
+        z_d, b_d = z.detach(), b.detach()
+        v = torch.round(z_d / b_d)  # (..., D) Babai rounding, eq. 4 (no gradient)
+        e = v * b_d  # (..., D) nearest lattice point Bv
+        r = e - z_d  # (..., D) quantization residual
+        # Embedding loss ‖sg[z] − Bv‖² (mean over entries). Its gradient w.r.t. b_j is
+        # (2/N) Σ_i v_ij r_ij; written as value + (b − sg[b])·grad, so the backward pass is O(D)
+        # instead of a broadcast product over every latent entry. Value and gradient are exact.
+        grad_b = (v * r).reshape(-1, self.dim).sum(0) * (2.0 / r.numel())  # (D,)
+        embedding = r.square().mean() + ((b - b_d) * grad_b).sum()
+        commitment = F.mse_loss(z, e)  # β‖z − sg[Bv]‖²
         size = -self.gamma * b.sum()  # −γ‖diag B‖₁, eq. 7 (entries are positive)
-        z_q = z + (e - z).detach()  # straight-through
+        z_q = z + r  # straight-through: value Bv, identity gradient to z
         metrics = {
             "embedding_loss": embedding.detach(), "commitment": commitment.detach(),
             "size_loss": size.detach(), "basis_mean": b.detach().mean(),
