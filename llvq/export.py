@@ -344,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def run_cli(argv: list[str] | None = None) -> dict[str, Any]:
     """Entry point of ``llvq-export``; returns the manifest."""
     from llvq.runner import instantiate
 
@@ -359,6 +359,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{args.out}: {int(c['distinct'])} distinct codes, {c['entropy_bits']:.3f} bits per "
           f"latent vector, vocabulary {manifest['vocabulary']['size']}", file=sys.stderr)
     return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (returns None so the exit status is 0)."""
+    run_cli(argv)
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> Path:
+def run_cli(argv: list[str] | None = None) -> Path:
     """Entry point of ``llvq-sample``; returns the PNG path."""
     args = build_parser().parse_args(argv)
     if args.num < 1:
@@ -109,6 +109,11 @@ def main(argv: list[str] | None = None) -> Path:
     h, w = grid_size(args.num, images.shape[-2], images.shape[-1], nrow)
     print(f"wrote {args.num} samples ({w}x{h} PNG) to {args.out}", file=sys.stderr)
     return args.out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (returns None so the exit status is 0)."""
+    run_cli(argv)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,10 @@ from llvq.export import (
     load_export,
     split_loader,
 )
-from llvq.export import main as export_main
+from llvq.export import run_cli as export_main
 from llvq.runner import run
 from llvq.sample import grid_size
-from llvq.sample import main as sample_main
+from llvq.sample import run_cli as sample_main
 from tests.conftest import compose_train
 
 TINY = ["data=digits", "model.encoder.channels=[8]", "model.encoder.num_residual=1",
@@ -139,3 +139,14 @@ def test_export_prior_sample_end_to_end(tmp_path: Path) -> None:
     with Image.open(png) as image:
         assert image.size == grid_size(6, 8, 8)[::-1]  # PIL: (width, height)
         assert image.size == (3 * 10 + 2, 2 * 10 + 2)
+
+
+def test_console_entry_points_return_none(monkeypatch) -> None:
+    """Console scripts run ``sys.exit(main())``: a returned manifest would exit with status 1."""
+    import llvq.export
+    import llvq.sample
+
+    monkeypatch.setattr(llvq.export, "run_cli", lambda argv=None: {"manifest": 1})
+    monkeypatch.setattr(llvq.sample, "run_cli", lambda argv=None: Path("x.png"))
+    assert llvq.export.main([]) is None
+    assert llvq.sample.main([]) is None
