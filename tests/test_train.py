@@ -57,6 +57,7 @@ def test_resume_continues_step_count(compose_cfg, tmp_path: Path) -> None:
     assert last.is_file()
     assert torch.load(last, weights_only=False)["global_step"] == 3
     cfg2 = compose_cfg("trainer.max_epochs=2", f"ckpt_path={last}", *common)
+    cfg2.paths.output_dir = str(tmp_path / "resumed")  # a resumed run gets its own run folder
     run(cfg2)
     state = torch.load(Path(cfg2.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
     assert state["global_step"] == 6 and state["epoch"] == 1
