@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -61,6 +62,33 @@ def test_resume_continues_step_count(compose_cfg, tmp_path: Path) -> None:
     run(cfg2)
     state = torch.load(Path(cfg2.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
     assert state["global_step"] == 6 and state["epoch"] == 1
+
+
+class _CrashAt(L.Callback):
+    """Raises inside the training loop after ``step`` optimizer steps (a simulated crash)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+def test_crash_mid_epoch_leaves_a_checkpoint_to_resume(compose_cfg, tmp_path: Path) -> None:
+    common = ["trainer.max_epochs=1", "trainer.limit_train_batches=6", "trainer.limit_val_batches=1",
+              "logger=csv", "~callbacks.rich_progress_bar", "~callbacks.model_summary"]
+    cfg = compose_cfg(*common, "+callbacks.crash._target_=tests.test_train._CrashAt",
+                      "+callbacks.crash.step=4")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(cfg)
+    saved = Path(cfg.paths.output_dir) / "checkpoints" / "on_exception.ckpt"
+    assert torch.load(saved, weights_only=False)["global_step"] == 4
+    cfg2 = compose_cfg(*common, f"ckpt_path={saved}")
+    cfg2.paths.output_dir = str(tmp_path / "resumed")
+    run(cfg2)
+    state = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["global_step"] == 6
 
 
 def test_ddp_cpu_two_processes_under_hydra(tmp_path: Path) -> None:
