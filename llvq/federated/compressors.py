@@ -242,7 +242,7 @@ class LatticeCompressor(Compressor):
         if abs(index_bits - round(index_bits)) > 1e-9 or round(index_bits) < 1:
             raise ValueError(f"rate {rate} x lattice dimension {self.block} must be a whole number "
                              f">= 1 of index bits; change model.rate or model.lattice")
-        self.index_bits = int(round(index_bits))
+        self.index_bits = round(index_bits)
         self.size = 2 ** self.index_bits
         self.overload = float(overload)
 
@@ -319,7 +319,7 @@ class UniformCompressor(LatticeCompressor):
 
 
 class GeneratorNet(nn.Module):
-    """A fixed input ``s`` through a small MLP gives ``G = G0 + f_theta(s)``; ``f`` starts at 0."""
+    """A fixed input ``s`` through a small MLP gives ``G = G0 + f_theta(s)`` (``f`` starts at 0), rescaled to ``|det G0|``."""
 
     def __init__(self, g0: Tensor, hidden: int = 16, in_dim: int = 4) -> None:
         super().__init__()
@@ -331,7 +331,10 @@ class GeneratorNet(nn.Module):
         nn.init.zeros_(self.net[-1].bias)
 
     def forward(self) -> Tensor:
-        return self.g0 + self.net(self.s).view_as(self.g0)
+        g = self.g0 + self.net(self.s).view_as(self.g0)
+        # the scale is zeta's job: keep the volume of G0, so the network learns the shape
+        ratio = self.g0.det().abs() / g.det().abs().clamp_min(1e-12)
+        return g * ratio ** (1.0 / g.shape[0])
 
 
 class OlalaCompressor(LatticeCompressor):
@@ -349,7 +352,7 @@ class OlalaCompressor(LatticeCompressor):
     send_generator = True
 
     def __init__(self, rate: float = 2.0, lattice: str = "A2", overload: float = 0.01,
-                 epochs: int = 3, lr: float = 1e-2, batch_size: int = 256, hidden: int = 16) -> None:
+                 epochs: int = 3, lr: float = 1e-3, batch_size: int = 256, hidden: int = 16) -> None:
         super().__init__(rate, lattice, overload)
         self.epochs, self.lr, self.batch_size, self.hidden = int(epochs), float(lr), int(batch_size), int(hidden)
 

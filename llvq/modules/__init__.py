@@ -1,7 +1,8 @@
 """LightningModules: one per kind of job, never one per quantizer."""
 
 from llvq.modules.autoencoder import AutoencoderModule
+from llvq.modules.federated import FederatedModule
 from llvq.modules.lattice_design import LatticeDesignModule
 from llvq.modules.prior import PriorModule
 
-__all__ = ["AutoencoderModule", "LatticeDesignModule", "PriorModule"]
+__all__ = ["AutoencoderModule", "FederatedModule", "LatticeDesignModule", "PriorModule"]

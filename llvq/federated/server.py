@@ -1,0 +1,61 @@
+"""The server's part of a round: validate, decompress and average the updates (FedAvg)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from llvq.federated.compressors import Compressor, Payload, PayloadError
+
+__all__ = ["RoundSums", "receive"]
+
+
+@dataclass
+class RoundSums:
+    """Running sums of a round (all-reduced across ranks as one vector).
+
+    ``weighted`` is ``sum_u n_u h_u``; the rest are scalars.
+    """
+
+    weighted: Tensor
+    stats: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("weight", "answered", "dropped", "rejected", "bits", "blocks", "overloaded",
+         "signal", "noise"), 0.0))
+
+    def as_vector(self) -> Tensor:
+        return torch.cat([self.weighted.double(), torch.tensor(list(self.stats.values()), dtype=torch.float64)])
+
+    def load_vector(self, v: Tensor) -> None:
+        p = self.weighted.numel()
+        self.weighted = v[:p].clone()
+        self.stats = dict(zip(self.stats, v[p:].tolist(), strict=True))
+
+
+def receive(sums: RoundSums, compressor: Compressor, payload: Payload, seed: int, weight: float,
+            h_true: Tensor | None = None) -> bool:
+    """Decompress one payload into ``sums``; a payload failing validation is counted, not used.
+
+    Returns:
+        Whether the payload was accepted.
+    """
+    numel = sums.weighted.numel()
+    sums.stats["bits"] += int(payload.bits)  # sent, whether or not the server accepts it
+    try:
+        h_hat = compressor.decompress(payload, seed, numel).double()
+        if not bool(torch.isfinite(h_hat).all()):
+            raise PayloadError("decompressed update has non-finite values")
+    except PayloadError:
+        sums.stats["rejected"] += 1
+        return False
+    s = sums.stats
+    sums.weighted += weight * h_hat
+    s["weight"] += weight
+    s["answered"] += 1
+    s["blocks"] += payload.blocks
+    s["overloaded"] += payload.overloaded
+    if h_true is not None:
+        s["signal"] += float(h_true.double().pow(2).sum())
+        s["noise"] += float((h_hat - h_true.double()).pow(2).sum())
+    return True

@@ -1,0 +1,110 @@
+"""Compressors: dither theory, exact bit budget, shared-seed dither, OLALa's learned lattice, rejection."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from llvq.federated import PayloadError, build_compressor
+from llvq.federated.compressors import COMPRESSORS, bounded_code
+from llvq.federated.server import RoundSums, receive
+
+A2_NSM = 5 / (36 * math.sqrt(3))
+
+
+def _skewed(n: int = 3000, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.stack([torch.randn(n, generator=g), 0.2 * torch.randn(n, generator=g)], 1)
+    return (x @ torch.tensor([[0.8, 0.6], [-0.6, 0.8]])).reshape(-1) * 0.01  # (2n,)
+
+
+@pytest.mark.parametrize("name, lattice, nsm", [("lattice", "A2", A2_NSM), ("uniform", "Z1", 1 / 12)])
+def test_error_matches_dither_theory_without_overload(name: str, lattice: str, nsm: float) -> None:
+    h = torch.randn(40_000, generator=torch.Generator().manual_seed(1)) * 0.05
+    comp = build_compressor(name, rate=3.0, lattice=lattice, overload=0.0)
+    payload = comp.compress(h, seed=11)
+    assert payload.overloaded == 0
+    err = (comp.decompress(payload, seed=11) - h).double()
+    zeta = float(payload.side["zeta"])
+    vol = abs(float(torch.linalg.det(comp.lattice.generator))) ** (2 / comp.block)
+    var = nsm * zeta ** 2 * vol  # per coordinate
+    assert abs(float(err.mean())) < 5 * math.sqrt(var / err.numel())
+    assert float(err.var()) == pytest.approx(var, rel=0.05)
+
+
+@pytest.mark.parametrize("name", sorted(COMPRESSORS))
+@pytest.mark.parametrize("rate", [1, 2, 3])
+def test_bits_counted_equal_the_budget(name: str, rate: int) -> None:
+    numel = 1001  # odd: the last A2 block is padded
+    h = torch.randn(numel, generator=torch.Generator().manual_seed(2))
+    comp = build_compressor(name, rate=rate, epochs=1)
+    p = comp.compress(h, seed=3)
+    expected = {
+        "none": 32 * numel,
+        "qsgd": rate * numel + 32,
+        "uniform": rate * numel + 32,
+        "lattice": rate * 2 * math.ceil(numel / 2) + 32,
+        "olala": rate * 2 * math.ceil(numel / 2) + 32 * (1 + 4),
+    }[name]
+    assert p.bits == expected
+    if name not in ("none", "qsgd"):
+        assert comp.size == 2 ** (rate * comp.block)
+        assert int(p.indices.max()) < comp.size
+        coords, _ = bounded_code(comp.lattice.generator, comp.size)
+        assert len({tuple(c) for c in coords.tolist()}) == comp.size  # K distinct lattice points
+    assert comp.decompress(p, seed=3, numel=numel).shape == (numel,)
+
+
+def test_dither_is_shared_by_seed() -> None:
+    h = torch.randn(2000, generator=torch.Generator().manual_seed(4)) * 0.1
+    comp = build_compressor("lattice", rate=3.0)
+    p = comp.compress(h, seed=5)
+    good = (comp.decompress(p, seed=5) - h).pow(2).mean()
+    bad = (comp.decompress(p, seed=6) - h).pow(2).mean()
+    assert bad > 2 * good
+
+
+def test_qsgd_is_unbiased() -> None:
+    h = torch.randn(50, generator=torch.Generator().manual_seed(0))
+    comp = build_compressor("qsgd", rate=2.0)
+    mean = torch.stack([comp.decompress(comp.compress(h, s), s) for s in range(3000)]).mean(0)
+    torch.testing.assert_close(mean, h, atol=0.15, rtol=0)
+
+
+def test_olala_lowers_mse_versus_its_starting_hexagonal_lattice() -> None:
+    h = _skewed()
+    mse = {}
+    for epochs in (0, 3):  # 0 = the starting A2 lattice
+        comp = build_compressor("olala", rate=2.0, overload=0.01, epochs=epochs, lr=1e-3)
+        p = comp.compress(h, seed=5)
+        mse[epochs] = float((comp.decompress(p, seed=5) - h).pow(2).mean())
+        assert p.overloaded / p.blocks <= 0.01
+    assert mse[3] < mse[0]
+
+
+@pytest.mark.parametrize("corrupt, match", [
+    (lambda p: setattr(p, "indices", p.indices[:-1]), "shape"),
+    (lambda p: p.side.__setitem__("zeta", torch.tensor(float("nan"))), "non-finite"),
+    (lambda p: p.side.__setitem__("generator", torch.ones(2, 2)), "singular"),
+    (lambda p: p.indices.__setitem__(0, 10 ** 6), "outside"),
+])
+def test_bad_payload_is_rejected_and_never_averaged(corrupt, match: str) -> None:
+    h = torch.randn(100, generator=torch.Generator().manual_seed(0))
+    comp = build_compressor("olala", rate=2.0, epochs=1)
+    p = comp.compress(h, seed=1)
+    corrupt(p)
+    with pytest.raises(PayloadError, match=match):
+        comp.decompress(p, seed=1, numel=100)
+    sums = RoundSums(torch.zeros(100, dtype=torch.float64))
+    assert not receive(sums, comp, p, 1, weight=5.0, h_true=h)
+    assert sums.stats["rejected"] == 1 and sums.stats["answered"] == 0
+    assert float(sums.weighted.abs().sum()) == 0.0 and sums.stats["bits"] == p.bits
+
+
+def test_unknown_compressor_and_bad_rate_are_clear() -> None:
+    with pytest.raises(ValueError, match="model.compressor"):
+        build_compressor("nope")
+    with pytest.raises(ValueError, match="model.rate"):
+        build_compressor("lattice", rate=1.25)

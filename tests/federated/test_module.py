@@ -1,0 +1,63 @@
+"""FederatedModule: rounds, dropout, rejected payloads, and DDP equivalence through train.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from llvq.modules import FederatedModule
+from llvq.runner import run
+from tests.conftest import ROOT
+
+SMALL = {"model": "linear", "num_clients": 4, "compressor": "lattice", "rate": 2.0, "rounds": 2, "local_steps": 2}
+
+
+def test_round_averages_answering_clients_and_rejects_bad_payloads() -> None:
+    module = FederatedModule(**SMALL)
+
+    def tamper(payload, round_idx, client):
+        if client == 0:
+            payload.side["zeta"] = torch.tensor(float("inf"))
+        return payload
+
+    module.tamper = tamper
+    avg, s = module.run_round(0)
+    assert s["rejected"] == 1 and s["answered"] == 3 and avg is not None
+    assert s["weight"] == sum(module.weights[1:])
+    assert s["bits"] == 4 * (2 * 2 * ((650 + 1) // 2) + 32)
+
+
+def test_a_round_with_no_answer_keeps_the_model(compose_cfg) -> None:
+    cfg = compose_cfg("experiment=olala_digits", "++trainer.fast_dev_run=true", "model.model=linear",
+                      "model.dropout=0.999", "callbacks=none", "logger=csv")
+    metrics = run(cfg)
+    assert metrics["round/skipped"] == 1.0 and metrics["clients/answered"] == 0.0
+    assert metrics["clients/dropped"] == 10.0
+
+
+def _final_weights(tmp_path: Path, devices: list[str]) -> dict[str, torch.Tensor]:
+    tmp_path.mkdir(parents=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(ROOT / "train.py"), "experiment=olala_digits", *devices,
+           "model.model=linear", "model.rounds=2", "model.local_steps=3", "model.compressor=lattice",
+           "model.dropout=0.2", "logger=csv", "callbacks=default", "~callbacks.rich_progress_bar",
+           "~callbacks.model_summary", "~callbacks.codebook_utilization", "~callbacks.reconstruction_grid",
+           "~callbacks.lattice_view", f"paths.log_dir={tmp_path}", f"paths.output_dir={tmp_path / 'out'}",
+           f"paths.data_dir={ROOT / 'data'}"]
+    proc = subprocess.run(cmd, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    state = torch.load(tmp_path / "out" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["global_step"] == 2
+    return state["state_dict"]
+
+
+def test_two_process_ddp_gives_the_same_global_model(tmp_path: Path) -> None:
+    one = _final_weights(tmp_path / "one", [])
+    two = _final_weights(tmp_path / "two", ["trainer=ddp_cpu"])
+    assert one.keys() == two.keys()
+    for key in one:
+        torch.testing.assert_close(one[key], two[key], atol=1e-6, rtol=1e-5)
