@@ -94,8 +94,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 def _report(trainer: L.Trainer, metrics: dict[str, float], cfg: DictConfig) -> None:
     ckpt = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
-    shown = {k: round(v, 6) for k, v in sorted(metrics.items()) if k.startswith("val/")}
-    log.info("final validation metrics: %s", shown or "(no validation ran)")
+    shown = {k: round(v, 6) for k, v in sorted(metrics.items())
+             if k.startswith(("val/", "test/", "final/"))}
+    log.info("final metrics: %s", shown or "(no validation or test metrics were logged)")
     if ckpt is not None and ckpt.last_model_path and Path(ckpt.last_model_path).is_file():
         log.info("checkpoints: %s (best: %s, last: %s)", ckpt.dirpath,
                  ckpt.best_model_path or "-", ckpt.last_model_path)
