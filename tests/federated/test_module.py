@@ -61,3 +61,14 @@ def test_two_process_ddp_gives_the_same_global_model(tmp_path: Path) -> None:
     assert one.keys() == two.keys()
     for key in one:
         torch.testing.assert_close(one[key], two[key], atol=1e-6, rtol=1e-5)
+
+
+def test_fpld_rates_follow_client_sizes_and_are_what_is_sent() -> None:
+    module = FederatedModule(**{**SMALL, "allocation": "fpld", "alpha": 0.3})
+    numel, blocks = 650, (650 + 1) // 2  # linear 64 -> 10 model, A2 blocks of 2
+    order = sorted(range(4), key=lambda u: module.weights[u])
+    rates = [module.rates[u] for u in order]
+    assert rates == sorted(rates) and len(set(rates)) > 1  # more data, more bits
+    assert sum(r * numel for r in module.rates) <= 2.0 * numel * 4  # within the total budget
+    _, s = module.run_round(0)
+    assert s["bits"] == sum(int(r * 2) * blocks + 32 for r in module.rates)
