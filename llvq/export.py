@@ -4,10 +4,11 @@
 with a trained autoencoder and writes three files to ``DIR``:
 
 ``codes.safetensors``
-    ``codes`` int64 ``(N, h, w)`` indices or ``(N, h, w, D)`` lattice coordinates; ``tokens``
-    int64 ``(N, h, w)``: each latent vector's id in the vocabulary; ``vocab`` ``(V,)`` or
+    ``codes`` ``(N, h, w)`` indices or ``(N, h, w, D)`` lattice coordinates; ``tokens``
+    ``(N, h, w)``: each latent vector's id in the vocabulary; ``vocab`` ``(V,)`` or
     ``(V, D)``: the code of each token id (``codes == vocab[tokens]``); ``vocab_counts`` ``(V,)``;
-    ``labels`` ``(N,)`` where the data has labels.
+    ``labels`` ``(N,)`` where the data has labels. Integers are stored in the narrowest signed
+    dtype that holds them (the manifest's ``stored_dtypes``); :func:`load_export` returns int64.
 ``quantizer.safetensors``
     the quantizer's state dict: everything needed to decode codes to latents (codebook,
     basis, generator, scale).
@@ -122,6 +123,18 @@ def _vocabulary(codes: Tensor, quantizer: Quantizer) -> tuple[Tensor, Tensor, Te
 
 
 @torch.no_grad()
+def _narrow(t: Tensor) -> Tensor:
+    """``t`` in the smallest signed integer dtype that holds its values (stored size only)."""
+    if t.numel() == 0:
+        return t
+    lo, hi = int(t.min()), int(t.max())
+    for dtype in (torch.int8, torch.int16, torch.int32):
+        info = torch.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return t.to(dtype)
+    return t
+
+
 def export_codes(model: Any, loader: DataLoader, out_dir: str | Path,
                  info: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
     """Encode every batch of ``loader`` and write the three export files to ``out_dir``.
@@ -153,7 +166,9 @@ def export_codes(model: Any, loader: DataLoader, out_dir: str | Path,
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {"codes": all_codes, "tokens": tokens, "vocab": vocab, "vocab_counts": counts}
+    # integers are stored in the narrowest dtype that holds them; load_export returns int64
+    tensors = {"codes": _narrow(all_codes), "tokens": _narrow(tokens), "vocab": _narrow(vocab),
+               "vocab_counts": counts}
     if bool((all_labels >= 0).any()):
         tensors["labels"] = all_labels
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / CODES))
@@ -169,6 +184,7 @@ def export_codes(model: Any, loader: DataLoader, out_dir: str | Path,
         "quantizer": {"name": q.name, "config": config, "vector_codes": q.vector_codes},
         "code_shape": list(all_codes.shape[1:]), "grid": list(tokens.shape[1:]),
         "code_dim": q.dim if q.vector_codes else None, "dtype": "int64",
+        "stored_dtypes": {k: str(v.dtype).removeprefix("torch.") for k, v in tensors.items()},
         "num_samples": int(all_codes.shape[0]), "has_labels": "labels" in tensors,
         "vocabulary": {"size": int(vocab.shape[0]), "tensor": "vocab", "counts": "vocab_counts",
                        "order": "most frequent first" if q.vector_codes else "codebook index"},
@@ -250,7 +266,7 @@ def load_export(path: str | Path, verify: bool = True) -> CodeExport:
     """Load an export directory written by :func:`export_codes`, verifying its checksums."""
     path = Path(path)
     manifest = read_manifest(path, verify)
-    t = load_file(str(path / CODES))
+    t = {k: v.to(torch.int64) for k, v in load_file(str(path / CODES)).items()}  # see _narrow
     labels = t.get("labels", torch.full((t["codes"].shape[0],), -1, dtype=torch.int64))
     return CodeExport(path, manifest, t["codes"], t["tokens"], t["vocab"], t["vocab_counts"],
                       labels, load_file(str(path / QUANTIZER)))

@@ -150,3 +150,17 @@ def test_console_entry_points_return_none(monkeypatch) -> None:
     monkeypatch.setattr(llvq.sample, "run_cli", lambda argv=None: Path("x.png"))
     assert llvq.export.main([]) is None
     assert llvq.sample.main([]) is None
+
+
+def test_codes_are_stored_narrow_and_loaded_as_int64(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from llvq.export import load_export
+    from tests.callbacks._fake import write_tiny_export
+
+    path = write_tiny_export(tmp_path / "export")
+    stored = load_file(str(path / "codes.safetensors"))
+    assert stored["codes"].dtype == torch.int8  # small lattice coordinates
+    assert json.loads((path / "manifest.json").read_text())["stored_dtypes"]["codes"] == "int8"
+    loaded = load_export(path)
+    assert loaded.codes.dtype == torch.int64 and torch.equal(loaded.codes, stored["codes"].long())

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -93,9 +94,13 @@ def test_ddp_counts_are_reduced_across_two_processes(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     script = ROOT / "tests" / "callbacks" / "_ddp_utilization.py"
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=tmp_path, env=env,
-                          check=False,
-                          capture_output=True, text=True, timeout=300)
+    for attempt in range(2):  # one retry: a gloo rendezvous can lose its port to another process
+        proc = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=tmp_path, env=env,
+                              check=False, capture_output=True, text=True, timeout=300)
+        if proc.returncode == 0:
+            break
+        warnings.warn(f"2-process DDP run failed (attempt {attempt + 1}):\n"
+                      f"{(proc.stdout + proc.stderr)[-2000:]}", stacklevel=1)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     for rank in (0, 1):
         (entry,) = json.loads((tmp_path / f"rank{rank}.json").read_text())
