@@ -140,11 +140,26 @@ class _HeldOutValidation(TorchvisionDataModule):
 
     Args:
         val_fraction: share of the official training split held out for validation.
-        **kwargs: see :class:`TorchvisionDataModule`.
+        other arguments: see :class:`TorchvisionDataModule`; ``channels`` defaults to the
+            dataset's native count (``default_channels``).
     """
 
-    def __init__(self, *, val_fraction: float = 0.1, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+    #: channel count used when ``channels`` is not given (the dataset's native one)
+    default_channels: ClassVar[int] = 3
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 32,
+        num_workers: int = 0,
+        channels: int | None = None,
+        image_size: int = 32,
+        seed: int = 0,
+        download: bool = True,
+        val_fraction: float = 0.1,
+    ) -> None:
+        channels = self.default_channels if channels is None else channels
+        super().__init__(data_dir, batch_size, num_workers, channels, image_size, seed, download)
         self.val_fraction = require_fraction("data.val_fraction", val_fraction)
 
     def _open(self, split: str, download: bool) -> Dataset:
@@ -175,27 +190,7 @@ class MNISTDataModule(_HeldOutValidation):
     dataset_cls = datasets.MNIST
     source = datasets.MNIST.mirrors[0]
 
-    def __init__(
-        self,
-        data_dir: str = "data",
-        batch_size: int = 32,
-        num_workers: int = 0,
-        channels: int = 1,
-        image_size: int = 32,
-        seed: int = 0,
-        download: bool = True,
-        val_fraction: float = 0.1,
-    ) -> None:
-        super().__init__(
-            data_dir=data_dir,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            channels=channels,
-            image_size=image_size,
-            seed=seed,
-            download=download,
-            val_fraction=val_fraction,
-        )
+    default_channels = 1
 
     def expected_files(self) -> tuple[Path, list[str]]:
         """``<data_dir>/<Name>/raw/`` and the decompressed idx file names."""
@@ -234,28 +229,6 @@ class CIFAR10DataModule(_HeldOutValidation):
 
     dataset_cls = datasets.CIFAR10
     source = datasets.CIFAR10.url
-
-    def __init__(
-        self,
-        data_dir: str = "data",
-        batch_size: int = 32,
-        num_workers: int = 0,
-        channels: int = 3,
-        image_size: int = 32,
-        seed: int = 0,
-        download: bool = True,
-        val_fraction: float = 0.1,
-    ) -> None:
-        super().__init__(
-            data_dir=data_dir,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            channels=channels,
-            image_size=image_size,
-            seed=seed,
-            download=download,
-            val_fraction=val_fraction,
-        )
 
     def expected_files(self) -> tuple[Path, list[str]]:
         """``<data_dir>/cifar-10-batches-py/`` with the six batches and ``batches.meta``."""

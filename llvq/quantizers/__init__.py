@@ -4,20 +4,16 @@
 >>> q = build("llvq", dim=64, codebook_size=512)
 """
 
-import importlib.util as _ilu
-
 # Importing a module registers its quantizers.
 from llvq.quantizers import (
     identity,  # noqa: F401
+    lattice,  # noqa: F401
     llvq,  # noqa: F401
     vq,  # noqa: F401
     vq_ema,  # noqa: F401
 )
 from llvq.quantizers.base import Quantizer, QuantizerOutput, check_latents
 from llvq.quantizers.registry import REGISTRY, build, list_quantizers, register
-
-if _ilu.find_spec("llvq.quantizers.lattice") is not None:
-    from llvq.quantizers import lattice  # noqa: F401
 
 __all__ = [
     "REGISTRY",
