@@ -15,7 +15,10 @@ from llvq.quantizers import list_quantizers
 from llvq.runner import run
 from tests.conftest import CONFIG_DIR, ROOT
 
-EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+# experiments that load a real language model (~35 s for SmolLM2 from GGUF) run with -m slow
+SLOW_EXPERIMENTS = {"glvq_smollm2"}
+EXPERIMENTS = [pytest.param(p.stem, marks=pytest.mark.slow) if p.stem in SLOW_EXPERIMENTS
+               else p.stem for p in sorted((CONFIG_DIR / "experiment").glob("*.yaml"))]
 FAST = ["++trainer.fast_dev_run=true", "callbacks=none", "logger=csv"]
 
 

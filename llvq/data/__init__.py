@@ -1,7 +1,8 @@
 """LightningDataModules for llvq: embedded offline datasets and torchvision-backed ones.
 
-Every module yields ``(x, y)`` batches: ``x`` float32 ``(B, channels, image_size,
-image_size)`` in [0, 1], ``y`` int64 labels (-1 where the data has none).
+Every image module yields ``(x, y)`` batches: ``x`` float32 ``(B, channels, image_size,
+image_size)`` in [0, 1], ``y`` int64 labels (-1 where the data has none). ``TextDataModule``
+serves calibration/evaluation text for LLM quantization (``transformers`` not needed to import).
 """
 
 from llvq.data.base import ImageDataModule
@@ -9,6 +10,7 @@ from llvq.data.codes import CodesDataModule
 from llvq.data.digits import DigitsDataModule
 from llvq.data.image_folder import ImageFolderDataModule
 from llvq.data.photos import PHOTOGRAPHS, PhotosDataModule
+from llvq.data.text import TextDataModule
 from llvq.data.torchvision_data import (
     CelebADataModule,
     CIFAR10DataModule,
@@ -27,4 +29,5 @@ __all__ = [
     "ImageFolderDataModule",
     "MNISTDataModule",
     "PhotosDataModule",
+    "TextDataModule",
 ]

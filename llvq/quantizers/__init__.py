@@ -6,6 +6,7 @@
 
 # Importing a module registers its quantizers.
 from llvq.quantizers import (
+    glvq,  # noqa: F401
     identity,  # noqa: F401
     lattice,  # noqa: F401
     llvq,  # noqa: F401

@@ -10,7 +10,8 @@ from llvq.data import ImageDataModule
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs" / "data").glob("*.yaml"))
 # `codes` reads an llvq-export directory; it is tested with the prior (tests/modules/test_prior.py)
-IMAGE_CONFIGS = [p for p in CONFIGS if OmegaConf.load(p)._target_ != "llvq.data.CodesDataModule"]
+NOT_IMAGES = ("llvq.data.CodesDataModule", "llvq.data.TextDataModule")
+IMAGE_CONFIGS = [p for p in CONFIGS if OmegaConf.load(p)._target_ not in NOT_IMAGES]
 
 
 @pytest.mark.parametrize("path", IMAGE_CONFIGS, ids=[p.stem for p in IMAGE_CONFIGS])

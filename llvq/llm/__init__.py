@@ -1,0 +1,1 @@
+"""Grouped-lattice post-training quantization of language-model weights (GLVQ)."""

@@ -1,0 +1,233 @@
+"""Export a GLVQ-quantized model and load it back (``save_quantized`` / ``load_quantized``).
+
+Layout of an export directory::
+
+    quantized.safetensors   per quantized layer L:
+                              L.codes      uint8, the codes bit-packed group by group, each
+                                           group at its own width (little-endian bit order,
+                                           byte-aligned per group)
+                              L.bits       uint8 (M,)   bit width per group
+                              L.generator  float16 (M, d, d), rows = basis vectors
+                              L.compand    uint8 (M,)   1 where the group uses µ-law
+                              L.mu         float16 (C,) µ of the C companding groups
+                              L.scale      float16 (M,)
+                              L.row_scale  float16 (out,) (only with row scaling)
+    rest.safetensors        every other tensor of the model (embeddings, norms, head) as-is
+    config.json             the model's Hugging Face config
+    tokenizer/              the tokenizer
+    manifest.json           format, source model, settings, per-layer shapes, bit widths and
+                            errors, effective bits, a size report and the sha256 of each file
+
+``load_quantized`` rebuilds the model from its config, fills the unquantized tensors, and sets
+every quantized weight to its dequantization from codes and side information, so the loaded
+weights equal the ones the quantizer produced bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from llvq.llm.glvq import LayerResult, dequantize
+from llvq.llm.models import decoder_blocks, load_tokenizer
+
+__all__ = ["FORMAT", "load_quantized", "pack_bits", "save_quantized", "unpack_bits"]
+
+FORMAT = "llvq-glvq/1"
+QUANT, REST, CONFIG, MANIFEST, TOKENIZER = ("quantized.safetensors", "rest.safetensors",
+                                            "config.json", "manifest.json", "tokenizer")
+
+
+def pack_bits(values: Tensor, bits: int) -> Tensor:
+    """Pack unsigned integers ``< 2^bits`` into bytes (little-endian bit order)."""
+    v = values.reshape(-1).to(torch.int64)
+    if v.numel() and (int(v.min()) < 0 or int(v.max()) >= 2**bits):
+        raise ValueError(f"values out of range for {bits} bits")
+    shifts = torch.arange(bits, dtype=torch.int64)
+    flat = ((v[:, None] >> shifts) & 1).reshape(-1)
+    pad = (-flat.numel()) % 8
+    flat = torch.cat([flat, flat.new_zeros(pad)]).reshape(-1, 8)
+    return (flat << torch.arange(8, dtype=torch.int64)).sum(1).to(torch.uint8)
+
+
+def unpack_bits(packed: Tensor, bits: int, count: int) -> Tensor:
+    """Inverse of :func:`pack_bits`: ``count`` integers of ``bits`` bits (int64)."""
+    b = (packed.to(torch.int64)[:, None] >> torch.arange(8, dtype=torch.int64)) & 1
+    flat = b.reshape(-1)[: count * bits].reshape(count, bits)
+    return (flat << torch.arange(bits, dtype=torch.int64)).sum(1)
+
+
+def _pack_layer(res: LayerResult) -> Tensor:
+    parts = [pack_bits(res.codes[g], int(res.bits[g])) for g in range(res.bits.numel())]
+    return torch.cat(parts)
+
+
+def _unpack_layer(packed: Tensor, bits: Tensor, vecs: int, d: int) -> Tensor:
+    out, offset = [], 0
+    for b in bits.tolist():
+        nbytes = math.ceil(vecs * d * b / 8)
+        out.append(unpack_bits(packed[offset:offset + nbytes], b, vecs * d).reshape(vecs, d))
+        offset += nbytes
+    if offset != packed.numel():
+        raise ValueError("packed codes do not match the bit widths in the file")
+    return torch.stack(out)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_quantized(directory: str | Path, model: nn.Module, results: dict[str, LayerResult],
+                   tokenizer: Any, group_size: int, info: dict[str, Any] | None = None) -> dict:
+    """Write an export directory (see the module docstring); returns the manifest.
+
+    Args:
+        directory: created if missing.
+        model: the model whose quantized layers hold the dequantized weights.
+        results: ``{"layers.<i>.<linear>": LayerResult}`` from :class:`llvq.llm.ptq.BlockwisePTQ`.
+        tokenizer: saved next to the weights.
+        group_size: the groups' width in input columns.
+        info: extra manifest entries (source model, settings, metrics).
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    blocks_prefix = _blocks_prefix(model)
+    tensors: dict[str, Tensor] = {}
+    layers: dict[str, Any] = {}
+    quantized_params = set()
+    code_bits = side = numel = 0
+    for name, res in results.items():
+        m, vecs, d = res.codes.shape
+        tensors[f"{name}.codes"] = _pack_layer(res)
+        tensors[f"{name}.bits"] = res.bits.to(torch.uint8)
+        tensors[f"{name}.generator"] = res.generator.contiguous()
+        tensors[f"{name}.scale"] = res.scale.contiguous()
+        tensors[f"{name}.compand"] = res.compand.to(torch.uint8)
+        if bool(res.compand.any()):
+            tensors[f"{name}.mu"] = res.mu[res.compand].contiguous()
+        if res.row_scale is not None:
+            tensors[f"{name}.row_scale"] = res.row_scale.contiguous()
+        o, i = res.weight.shape
+        layers[name] = {"out_features": o, "in_features": i, "groups": m, "lattice_dim": d,
+                        "vectors_per_group": vecs,
+                        "compand_groups": int(res.compand.sum()),
+                        "row_scale": res.row_scale is not None, "bits": res.bits.tolist(),
+                        "error": res.error, "error_init": res.error_init}
+        quantized_params.add(f"{blocks_prefix}.{name.removeprefix('layers.')}.weight")
+        code_bits += int((res.bits * vecs * d).sum())
+        numel += o * i
+    save_file(tensors, str(out / QUANT))
+    quant_bytes = (out / QUANT).stat().st_size
+    side = quant_bytes * 8 - code_bits
+
+    rest, aliases, seen = {}, {}, {}
+    for k, v in model.state_dict().items():
+        if k in quantized_params:
+            continue
+        key = (v.data_ptr(), v.shape, v.dtype)
+        if key in seen:
+            aliases[k] = seen[key]
+            continue
+        seen[key] = k
+        rest[k] = v.detach().contiguous().cpu()
+    save_file(rest, str(out / REST))
+    model.config.to_json_file(str(out / CONFIG))
+    tokenizer.save_pretrained(str(out / TOKENIZER))
+    fp16_bytes = numel * 2
+    manifest = {
+        "format": FORMAT,
+        "group_size": group_size,
+        "blocks_prefix": blocks_prefix,
+        "layers": layers,
+        "aliases": aliases,
+        "size": {
+            "quantized_weights": numel,
+            "quantized_bytes": quant_bytes,
+            "fp16_bytes": fp16_bytes,
+            "compression_vs_fp16": fp16_bytes / max(quant_bytes, 1),
+            "bits_per_weight_file": quant_bytes * 8 / max(numel, 1),
+            "code_bits_per_weight": code_bits / max(numel, 1),
+            "rest_bytes": (out / REST).stat().st_size,
+            "side_and_container_bits": side,
+        },
+        **(info or {}),
+    }
+    manifest["sha256"] = {f: _sha256(out / f) for f in (QUANT, REST, CONFIG)}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _blocks_prefix(model: nn.Module) -> str:
+    blocks = decoder_blocks(model)
+    for name, module in model.named_modules():
+        if module is blocks:
+            return name
+    raise ValueError("could not locate the decoder blocks in the model")
+
+
+def read_manifest(directory: str | Path) -> dict:
+    """The manifest of an export, after checking every file against its sha256."""
+    d = Path(directory)
+    path = d / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{d} is not a GLVQ export (no {MANIFEST}); create one with "
+                                f"`python train.py experiment=glvq_tiny`")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    for f, digest in manifest.get("sha256", {}).items():
+        if not (d / f).is_file() or _sha256(d / f) != digest:
+            raise ValueError(f"{d / f} is missing or does not match the sha256 in {MANIFEST}")
+    return manifest
+
+
+def load_quantized(directory: str | Path) -> tuple[nn.Module, Any]:
+    """Rebuild ``(model, tokenizer)`` from an export; quantized weights are dequantized exactly."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    d = Path(directory)
+    manifest = read_manifest(d)
+    config = AutoConfig.from_pretrained(str(d))
+    model = AutoModelForCausalLM.from_config(config)
+    rest = load_file(str(d / REST))
+    for alias, target in manifest["aliases"].items():
+        rest[alias] = rest[target]
+    missing, unexpected = model.load_state_dict(rest, strict=False)
+    if unexpected:
+        raise ValueError(f"{d / REST} holds tensors the model does not have: {unexpected[:5]}")
+    q = load_file(str(d / QUANT))
+    prefix = manifest["blocks_prefix"]
+    done = set()
+    for name, meta in manifest["layers"].items():
+        bits = q[f"{name}.bits"].to(torch.int64)
+        codes = _unpack_layer(q[f"{name}.codes"], bits, meta["vectors_per_group"],
+                              meta["lattice_dim"])
+        mask = q[f"{name}.compand"].bool()
+        mu = torch.full_like(q[f"{name}.scale"], 10.0)
+        if bool(mask.any()):
+            mu[mask] = q[f"{name}.mu"]
+        w = dequantize(codes, q[f"{name}.generator"], mu, q[f"{name}.scale"],
+                       q.get(f"{name}.row_scale"), bits, mask,
+                       meta["out_features"], manifest["group_size"])
+        param = f"{prefix}.{name.removeprefix('layers.')}.weight"
+        module = model.get_submodule(param.rsplit(".", 1)[0])
+        with torch.no_grad():
+            module.weight.copy_(w.to(module.weight))
+        done.add(param)
+    left = [k for k in missing if k not in done]
+    if left:
+        raise ValueError(f"export {d} lacks tensors the model needs: {left[:5]}")
+    model.eval()
+    model.config.use_cache = False
+    return model, load_tokenizer(d / TOKENIZER)

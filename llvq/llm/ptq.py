@@ -1,0 +1,253 @@
+"""Block-by-block post-training quantization of a causal LM with GLVQ (or RTN).
+
+The inputs of block ``i`` are the outputs of the already-quantized blocks ``0..i-1`` on the
+calibration windows (as in GPTQ). For each block: hooks on its linear layers accumulate
+``H = sum_t x_t x_t^T`` over the calibration tokens; every linear layer is quantized from its
+``H`` (bit widths by salience-driven allocation, :func:`llvq.llm.glvq.allocate_bits`); the
+dequantized weights replace the originals; the block is run again to produce the next inputs.
+
+Under ``torch.distributed`` (Lightning DDP) the calibration windows are shared out across
+ranks and the ``H`` sums all-reduced; the groups of each layer are then shared out across
+ranks and the results all-reduced, so every rank ends with the same quantized model.
+
+The bit budget is honest and model-wide: a layer may use ``bits * numel + carry`` bits
+including its side information, where ``carry`` is what earlier layers left unused (or
+overspent), so the whole model lands at or just under the target.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from llvq.llm.glvq import (
+    GLVQSettings,
+    LayerResult,
+    _LayerProblem,
+    allocate_bits,
+    check_shapes,
+    dequantize,
+    diagonal_blocks,
+    group_hessian_error,
+    quantize_layer,
+    side_bits,
+)
+from llvq.llm.models import block_linears, decoder_blocks
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BlockwisePTQ", "Chunk", "dist_rank_world"]
+
+
+class _Stop(Exception):
+    pass
+
+
+@dataclass
+class Chunk:
+    """One batch of calibration hidden states with the keyword arguments its block needs."""
+
+    hidden: Tensor
+    kwargs: dict[str, Any]
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """``(rank, world size)``; ``(0, 1)`` outside ``torch.distributed``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _block_output(out: Any) -> Tensor:
+    return out[0] if isinstance(out, tuple | list) else out
+
+
+class BlockwisePTQ:
+    """State of a block-by-block quantization run.
+
+    Args:
+        model: a causal LM (see :mod:`llvq.llm.models`); modified in place.
+        calib_tokens: ``(N, T)`` calibration windows.
+        bits: target bits per weight *including* side information (e.g. 2, 3, 1.5).
+        settings: per-layer GLVQ settings.
+        salience: salience-driven allocation (False: equal widths; the paper's ablation).
+        batch_size: calibration windows per forward pass.
+        name: the model's name, for error messages.
+    """
+
+    def __init__(self, model: nn.Module, calib_tokens: Tensor, bits: float,
+                 settings: GLVQSettings, salience: bool = True, batch_size: int = 4,
+                 name: str = "model") -> None:
+        if not isinstance(bits, int | float) or bits < 1:
+            raise ValueError(f"model.bits must be >= 1 bit per weight, got {bits!r}")
+        if batch_size < 1:
+            raise ValueError(f"model.calib_batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.blocks = decoder_blocks(model)
+        self.layers = [block_linears(b) for b in self.blocks]
+        if not any(self.layers):
+            raise ValueError(f"model '{name}' has no linear layers to quantize")
+        for i, lin in enumerate(self.layers):  # fail before any work, naming the layer
+            for n, m in lin.items():
+                check_shapes(m.out_features, m.in_features, settings.group_size,
+                             settings.lattice_dim, f"layers.{i}.{n}")
+        self.bits = float(bits)
+        self.settings = settings
+        self.salience = salience
+        self.batch_size = batch_size
+        self.calib_tokens = calib_tokens
+        self.carry = 0.0  # bits left over by earlier layers (may be negative)
+        self.results: dict[str, LayerResult] = {}
+        self.chunks: list[Chunk] = []
+
+    # -- calibration activations ---------------------------------------------------------------
+    def _my_windows(self) -> Tensor:
+        rank, world = dist_rank_world()
+        return self.calib_tokens[rank::world] if world > 1 else self.calib_tokens
+
+    @torch.no_grad()
+    def capture_inputs(self) -> None:
+        """Inputs (and keyword arguments) of block 0 for this rank's calibration windows."""
+        first = self.blocks[0]
+        self.chunks = []
+
+        def hook(_mod: nn.Module, args: tuple, kwargs: dict) -> None:
+            hidden = args[0] if args else kwargs.pop("hidden_states")
+            raise _Stop(Chunk(hidden.detach(), {k: v for k, v in kwargs.items()
+                                                 if k != "hidden_states"}))
+
+        handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            for batch in self._my_windows().split(self.batch_size):
+                try:
+                    self.model(input_ids=batch.to(self._device()), use_cache=False)
+                except _Stop as stop:
+                    self.chunks.append(stop.args[0])
+        finally:
+            handle.remove()
+
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def run_block(self, i: int) -> None:
+        """Replace the stored hidden states by the outputs of block ``i``."""
+        block = self.blocks[i]
+        for c in self.chunks:
+            c.hidden = _block_output(block(c.hidden, **c.kwargs))
+
+    @torch.no_grad()
+    def hessians(self, i: int) -> dict[str, Tensor]:
+        """``H = sum x x^T`` (float64) of every linear layer of block ``i``, summed over ranks."""
+        sums: dict[str, Tensor] = {}
+        handles = []
+        for n, m in self.layers[i].items():
+            sums[n] = torch.zeros(m.in_features, m.in_features, dtype=torch.float64,
+                                  device=m.weight.device)
+
+            def hook(_m: nn.Module, inp: tuple, _out: Any, key: str = n) -> None:
+                x = inp[0].reshape(-1, inp[0].shape[-1]).double()
+                sums[key].addmm_(x.T, x)
+
+            handles.append(m.register_forward_hook(hook))
+        try:
+            block = self.blocks[i]
+            for c in self.chunks:
+                block(c.hidden, **c.kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+        _, world = dist_rank_world()
+        if world > 1:
+            for v in sums.values():
+                dist.all_reduce(v)
+        return sums
+
+    # -- quantization --------------------------------------------------------------------------
+    def layer_bits(self, w: Tensor, h: Tensor, name: str) -> tuple[Tensor, float]:
+        """Bit width per group of one layer and the layer's budget in bits (incl. side info)."""
+        s = self.settings
+        out, inp = w.shape
+        m = inp // s.group_size
+        budget = self.bits * w.numel() + self.carry
+        side = side_bits(out, m, s.lattice_dim, m if s.compand else 0, s.row_scale)
+        group_numel = w.numel() // m
+        avg = (budget - side) / w.numel()
+        n = max(1, math.floor(avg))
+        if self.salience:
+            prob = _LayerProblem(w, h, s, name)
+            est = {b: prob.init_errors(torch.full((m,), b)) * prob.ref
+                   for b in (n - 1, n, n + 1) if 1 <= b <= 8}
+            bits = allocate_bits(est[n], budget - side, group_numel, estimate=est)
+        else:
+            bits = allocate_bits(-torch.arange(m, dtype=torch.float64), budget - side, group_numel)
+        return bits, budget
+
+    def quantize_block(self, i: int) -> Iterator[tuple[str, LayerResult, float]]:
+        """Quantize every linear layer of block ``i``; yields ``(name, result, bits/weight)``."""
+        hs = self.hessians(i)
+        rank, world = dist_rank_world()
+        for n, lin in self.layers[i].items():
+            name = f"layers.{i}.{n}"
+            w = lin.weight.detach().float().cpu()
+            h = hs[n].float().cpu()
+            bits, budget = self.layer_bits(w, h, name)
+            mine = torch.arange(rank, bits.numel(), world) if world > 1 else None
+            res = quantize_layer(w, h, bits, self.settings, name=name, groups=mine)
+            if world > 1:
+                res = _share_groups(res, mine, w, h, self.settings, name)
+            used = layer_storage_bits(res)
+            self.carry = budget - used
+            with torch.no_grad():
+                lin.weight.copy_(res.weight.to(lin.weight))
+            self.results[name] = res
+            yield name, res, used / w.numel()
+        self.run_block(i)
+
+    def apply_result(self, i: int) -> None:
+        """Write stored results of block ``i`` into the model (resume) and advance the inputs."""
+        for n, lin in self.layers[i].items():
+            res = self.results[f"layers.{i}.{n}"]
+            with torch.no_grad():
+                lin.weight.copy_(res.weight.to(lin.weight))
+        self.run_block(i)
+
+
+def layer_storage_bits(res: LayerResult) -> float:
+    """Bits one quantized layer takes: codes at their widths plus side information."""
+    m, vecs, d = res.codes.shape
+    code_bits = float((res.bits * vecs * d).sum())
+    out = res.weight.shape[0]
+    return code_bits + side_bits(out, m, d, int(res.compand.sum()), res.row_scale is not None)
+
+
+def _share_groups(res: LayerResult, mine: Tensor, w: Tensor, h: Tensor, s: GLVQSettings,
+                  name: str) -> LayerResult:
+    """All-reduce the per-group results each rank computed for its own groups."""
+    mask = torch.zeros(res.bits.numel(), dtype=torch.bool)
+    mask[mine] = True
+    parts = []
+    for t in (res.codes, res.generator, res.mu, res.scale):
+        v = t.double().clone()
+        v[~mask] = 0
+        dist.all_reduce(v)
+        parts.append(v)
+    codes = parts[0].to(res.codes.dtype)
+    gen, mu, scale = (p.to(torch.float16) for p in parts[1:])
+    weight = dequantize(codes, gen, mu, scale, res.row_scale, res.bits, res.compand,
+                        w.shape[0], s.group_size)
+    hb = diagonal_blocks(h, s.group_size)
+    err = float(group_hessian_error(w - weight, hb, s.group_size).sum()
+                / group_hessian_error(w, hb, s.group_size).sum().clamp_min(1e-20))
+    errs = torch.tensor([res.error_init, float(res.outer_steps)], dtype=torch.float64)
+    dist.all_reduce(errs, op=dist.ReduceOp.MAX)
+    return LayerResult(codes=codes, generator=gen, mu=mu, scale=scale, row_scale=res.row_scale,
+                       bits=res.bits, weight=weight, error=err, error_init=float(errs[0]),
+                       outer_steps=int(errs[1]), compand=res.compand)
