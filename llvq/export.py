@@ -101,7 +101,8 @@ def load_autoencoder(path: str | Path, map_location: str | torch.device = "cpu")
 
 
 # --- writing ---------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -195,7 +196,7 @@ def export_codes(model: Any, loader: DataLoader, out_dir: str | Path,
         "batch_size": loader.batch_size,
         **(info or {}),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "files": {name: {"sha256": _sha256(out / name), "bytes": (out / name).stat().st_size}
+        "files": {name: {"sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size}
                   for name in (CODES, QUANTIZER)},
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -254,7 +255,7 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
             if not file.is_file():
                 raise ExportIntegrityError(f"{file} is missing; the export is incomplete, "
                                            "re-run llvq-export")
-            actual = _sha256(file)
+            actual = sha256_file(file)
             if actual != entry["sha256"]:
                 raise ExportIntegrityError(
                     f"{file} does not match its manifest: sha256 {actual} != {entry['sha256']} "

@@ -6,9 +6,9 @@ Layout of an export directory::
                               L.codes      uint8, the codes bit-packed group by group, each
                                            group at its own width (little-endian bit order,
                                            byte-aligned per group)
-                              L.bits       uint8 (M,)   bit width per group
+                              L.bits       uint8 (M,)   bit width per group (low 7 bits),
+                                           + 128 where the group uses µ-law
                               L.generator  float16 (M, d, d), rows = basis vectors
-                              L.compand    uint8 (M,)   1 where the group uses µ-law
                               L.mu         float16 (C,) µ of the C companding groups
                               L.scale      float16 (M,)
                               L.row_scale  float16 (out,) (only with row scaling)
@@ -25,7 +25,6 @@ weights equal the ones the quantizer produced bit for bit.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from llvq.export import sha256_file
 from llvq.llm.glvq import LayerResult, dequantize
 from llvq.llm.models import decoder_blocks, load_tokenizer
 
@@ -80,14 +80,6 @@ def _unpack_layer(packed: Tensor, bits: Tensor, vecs: int, d: int) -> Tensor:
     return torch.stack(out)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save_quantized(directory: str | Path, model: nn.Module, results: dict[str, LayerResult],
                    tokenizer: Any, group_size: int, info: dict[str, Any] | None = None) -> dict:
     """Write an export directory (see the module docstring); returns the manifest.
@@ -110,10 +102,9 @@ def save_quantized(directory: str | Path, model: nn.Module, results: dict[str, L
     for name, res in results.items():
         m, vecs, d = res.codes.shape
         tensors[f"{name}.codes"] = _pack_layer(res)
-        tensors[f"{name}.bits"] = res.bits.to(torch.uint8)
+        tensors[f"{name}.bits"] = (res.bits + 128 * res.compand.to(torch.int64)).to(torch.uint8)
         tensors[f"{name}.generator"] = res.generator.contiguous()
         tensors[f"{name}.scale"] = res.scale.contiguous()
-        tensors[f"{name}.compand"] = res.compand.to(torch.uint8)
         if bool(res.compand.any()):
             tensors[f"{name}.mu"] = res.mu[res.compand].contiguous()
         if res.row_scale is not None:
@@ -163,7 +154,7 @@ def save_quantized(directory: str | Path, model: nn.Module, results: dict[str, L
         },
         **(info or {}),
     }
-    manifest["sha256"] = {f: _sha256(out / f) for f in (QUANT, REST, CONFIG)}
+    manifest["sha256"] = {f: sha256_file(out / f) for f in (QUANT, REST, CONFIG)}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -187,7 +178,7 @@ def read_manifest(directory: str | Path) -> dict:
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
     for f, digest in manifest.get("sha256", {}).items():
-        if not (d / f).is_file() or _sha256(d / f) != digest:
+        if not (d / f).is_file() or sha256_file(d / f) != digest:
             raise ValueError(f"{d / f} is missing or does not match the sha256 in {MANIFEST}")
     return manifest
 
@@ -210,10 +201,10 @@ def load_quantized(directory: str | Path) -> tuple[nn.Module, Any]:
     prefix = manifest["blocks_prefix"]
     done = set()
     for name, meta in manifest["layers"].items():
-        bits = q[f"{name}.bits"].to(torch.int64)
+        packed_bits = q[f"{name}.bits"].to(torch.int64)
+        bits, mask = packed_bits & 127, (packed_bits >> 7).bool()
         codes = _unpack_layer(q[f"{name}.codes"], bits, meta["vectors_per_group"],
                               meta["lattice_dim"])
-        mask = q[f"{name}.compand"].bool()
         mu = torch.full_like(q[f"{name}.scale"], 10.0)
         if bool(mask.any()):
             mu[mask] = q[f"{name}.mu"]
