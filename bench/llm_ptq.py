@@ -34,7 +34,7 @@ from llvq.llm.glvq import GLVQSettings, rtn_quantize
 from llvq.llm.models import load_causal_lm, quantizable_linears
 from llvq.llm.ptq import BlockwisePTQ, layer_storage_bits
 
-# name -> (method, bits, compand, salience)
+# name -> (method, bits, compand, salience[, error feedback])
 GRID = {
     "fp": ("fp", None, None, None),
     "rtn-3": ("rtn", 3, None, None),
@@ -42,10 +42,10 @@ GRID = {
     "glvq-3": ("glvq", 3.0, True, True),
     "glvq-2": ("glvq", 2.0, True, True),
     "glvq-1.5": ("glvq", 1.5, True, True),
-    "glvq-3 no companding": ("glvq", 3.0, False, True),
-    "glvq-3 no salience": ("glvq", 3.0, True, False),
+    "glvq-2 no feedback": ("glvq", 2.0, True, True, False),
     "glvq-2 no companding": ("glvq", 2.0, False, True),
     "glvq-2 no salience": ("glvq", 2.0, True, False),
+    "glvq-3 no feedback": ("glvq", 3.0, True, True, False),
     "hqq-3": ("hqq", 3, None, None),
     "hqq-2": ("hqq", 2, None, None),
 }
@@ -90,7 +90,8 @@ def main() -> None:
 
     rows = []
     for name in names:
-        method, bits, compand, salience = GRID[name]
+        method, bits, compand, salience, *rest = GRID[name]
+        feedback = rest[0] if rest else True
         restore(model, fp)
         start = time.time()
         row = {"config": name, "method": method, "target_bits": bits}
@@ -104,7 +105,8 @@ def main() -> None:
             row.update(bits_per_weight=bpw)
         elif method == "glvq":
             s = GLVQSettings(group_size=args.group_size, lattice_dim=args.lattice_dim,
-                             compand=compand, row_scale=not args.no_row_scale)
+                             compand=compand, row_scale=not args.no_row_scale,
+                             error_feedback=feedback)
             ptq = BlockwisePTQ(model, calib, bits, s, salience=salience, name=args.model)
             ptq.capture_inputs()
             for i in range(len(ptq.blocks)):

@@ -65,18 +65,27 @@ class GLVQSettings:
         reg: weight of the Frobenius penalty ``||A||_F^2`` toward the initial generator.
         tol: per-group stopping tolerance on the relative improvement of the output error.
         init_scales: multiples of the Gaussian-optimal step tried at initialisation.
+        error_feedback: quantize the groups of a layer left to right and fold each group's
+            error into the columns not yet quantized (the optimal-brain-surgeon update GPTQ
+            uses, here per group), each group's objective being its Schur-complement Hessian;
+            so the cross-group terms of ``H`` count. False: all groups at once with the
+            diagonal blocks of ``H`` (faster; the groups of a layer can then be shared out
+            across DDP ranks).
+        damp: ``H + damp * mean(diag H) * I`` before inverting (error feedback only).
     """
 
     group_size: int = 128
     lattice_dim: int = 8
     compand: bool = True
     row_scale: bool = True
-    max_outer: int = 12
-    inner_steps: int = 10
+    max_outer: int = 6
+    inner_steps: int = 5
     lr: float = 0.01
     reg: float = 1e-3
     tol: float = 1e-3
     init_scales: tuple[float, ...] = (0.7, 0.85, 1.0, 1.2)
+    error_feedback: bool = True
+    damp: float = 0.01
 
 
 @dataclass
@@ -91,8 +100,8 @@ class LayerResult:
         row_scale: ``(out,)`` float16 or ``None``.
         bits: ``(M,)`` int64 bit width per group.
         weight: the dequantized weight ``(out, in)`` (float32).
-        error: relative output error after quantization ``tr(D H D^T) / tr(W H W^T)``.
-        error_init: the same at initialisation (before any gradient step).
+        error: relative output error after quantization ``tr(D H D^T) / tr(W H W^T)`` (full H).
+        error_init: the same for the initial quantizer (no gradient step, no error feedback).
         outer_steps: alternations run (largest over groups).
     """
 
@@ -180,14 +189,15 @@ def _kurtosis_mu(x: Tensor) -> Tensor:
 class _LayerProblem:
     """The batched per-group problem of one layer (shared by init, allocation and optimisation)."""
 
-    def __init__(self, w: Tensor, h: Tensor, settings: GLVQSettings, name: str) -> None:
+    def __init__(self, w: Tensor, h: Tensor, settings: GLVQSettings, name: str,
+                 row_scale: Tensor | None | str = "auto") -> None:
         s = settings
         self.out, self.inp = w.shape
         self.m = check_shapes(self.out, self.inp, s.group_size, s.lattice_dim, name)
         self.s = s
         self.w = w.float()
         self.h_blocks = diagonal_blocks(h.float(), s.group_size)
-        self.row_scale = _row_scale(self.w, s.row_scale)
+        self.row_scale = _row_scale(self.w, s.row_scale) if isinstance(row_scale, str) else row_scale
         wn = self.w / self.row_scale[:, None] if self.row_scale is not None else self.w
         self.x = group_weight(wn, s.group_size, s.lattice_dim)  # (M, n, d)
         self.scale = self.x.abs().amax(dim=(1, 2)).clamp_min(1e-8).to(SIDE_DTYPE).float()
@@ -277,12 +287,41 @@ def quantize_layer(w: Tensor, h: Tensor, bits: Tensor, settings: GLVQSettings | 
         stored codes and side information.
     """
     s = settings or GLVQSettings()
-    prob = _LayerProblem(w, h, s, name)
+    m = check_shapes(w.shape[0], w.shape[1], s.group_size, s.lattice_dim, name)
     bits = torch.as_tensor(bits, dtype=torch.int64).flatten()
-    if bits.numel() != prob.m:
-        raise ValueError(f"'{name}': {bits.numel()} bit widths for {prob.m} groups")
+    if bits.numel() != m:
+        raise ValueError(f"'{name}': {bits.numel()} bit widths for {m} groups")
     if bool((bits < 1).any()):
         raise ValueError(f"'{name}': every group needs at least 1 bit, got {bits.tolist()}")
+    if s.error_feedback:
+        if groups is not None:
+            raise ValueError("groups cannot be shared out when error_feedback is on "
+                             "(the groups are quantized one after another)")
+        return _quantize_with_feedback(w, h, bits, s, name)
+    prob = _LayerProblem(w, h, s, name)
+    res = _optimise(prob, bits, s, groups)
+    # report the true relative output error (full H), as the error-feedback path does
+    res.error = _relative_error(prob.w, res.weight, h)
+    res.error_init = _relative_error(prob.w, _initial_weight(prob, bits), h)
+    return res
+
+
+def _relative_error(w: Tensor, w_hat: Tensor, h: Tensor) -> float:
+    """``tr(D H D^T) / tr(W H W^T)`` with ``D = W - W_hat``."""
+    d = w - w_hat
+    return float(torch.trace(d @ h @ d.T)) / max(float(torch.trace(w @ h @ w.T)), 1e-20)
+
+
+@torch.no_grad()
+def _initial_weight(prob: _LayerProblem, bits: Tensor) -> Tensor:
+    """The weight the initial quantizer (no optimisation, no feedback) gives."""
+    q0, _ = prob.init_quantizer(bits)
+    return prob.weight(q0.reconstruct(q0.lattice_codes(q0.forward_transform(prob.x))))
+
+
+def _optimise(prob: _LayerProblem, bits: Tensor, s: GLVQSettings,
+              groups: Tensor | None) -> LayerResult:
+    """The alternating optimisation of all groups of ``prob`` at once (see the module doc)."""
     q, _ = prob.init_quantizer(bits)
     g0 = q.generator.detach().clone()
     a = torch.zeros_like(g0, requires_grad=True)
@@ -344,6 +383,55 @@ def quantize_layer(w: Tensor, h: Tensor, bits: Tensor, settings: GLVQSettings | 
                        outer_steps=outer, compand=q.compand_mask.clone())
 
 
+def _quantize_with_feedback(w: Tensor, h: Tensor, bits: Tensor, s: GLVQSettings,
+                            name: str) -> LayerResult:
+    """Groups left to right, each group's error folded into the columns after it.
+
+    With ``U`` the upper Cholesky factor of ``H^-1`` and ``b`` the current group's columns,
+    the error ``D_b`` of group ``b`` is compensated by ``W_rest -= D_b U_bb^-1 U_b,rest`` and
+    the group is optimised for ``tr(D_b Hs_b D_b^T)`` with ``Hs_b = (U_bb^T U_bb)^-1``, the
+    Schur complement of ``H`` on the columns not yet quantized: the same optimal-brain-surgeon
+    step as GPTQ, applied to a whole group of columns at once.
+    """
+    out, inp = w.shape
+    gs = s.group_size
+    m = inp // gs
+    w = w.float()
+    row_scale = _row_scale(w, s.row_scale)
+    hd = h.double()
+    dead = hd.diagonal() <= 0
+    hd[dead, dead] = 1.0
+    hd = hd + s.damp * hd.diagonal().mean() * torch.eye(inp, dtype=torch.float64)
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hd)), upper=True)
+    eye = torch.eye(gs, dtype=torch.float64)
+    work = w.clone()
+    work[:, dead] = 0.0
+    parts: list[LayerResult] = []
+    for b in range(m):
+        c = slice(b * gs, (b + 1) * gs)
+        ubb_inv = torch.linalg.solve_triangular(u[c, c], eye, upper=True)
+        h_b = (ubb_inv @ ubb_inv.T).float()
+        res = _optimise(_LayerProblem(work[:, c], h_b, s, "", row_scale=row_scale),
+                        bits[b:b + 1], s, None)
+        parts.append(res)
+        if b < m - 1:
+            delta = (work[:, c] - res.weight).double()
+            work[:, (b + 1) * gs:] -= (delta @ ubb_inv @ u[c, (b + 1) * gs:]).float()
+    codes = torch.cat([p.codes for p in parts])
+    gen = torch.cat([p.generator for p in parts])
+    mu = torch.cat([p.mu for p in parts])
+    scale = torch.cat([p.scale for p in parts])
+    compand = torch.cat([p.compand for p in parts])
+    rs = None if row_scale is None else row_scale.to(SIDE_DTYPE)
+    w_hat = dequantize(codes, gen, mu, scale, rs, bits, compand, out, gs)
+    rel = _relative_error(w, w_hat, h.float())
+    # the same quantizer without feedback or optimisation, for reference
+    rel_init = _relative_error(w, _initial_weight(_LayerProblem(w, h, s, name), bits), h.float())
+    return LayerResult(codes=codes, generator=gen, mu=mu, scale=scale, row_scale=rs, bits=bits,
+                       weight=w_hat, error=rel, error_init=rel_init,
+                       outer_steps=max(p.outer_steps for p in parts), compand=compand)
+
+
 def dequantize(codes: Tensor, generator: Tensor, mu: Tensor, scale: Tensor,
                row_scale: Tensor | None, bits: Tensor, compand: Tensor, out_features: int,
                group_size: int) -> Tensor:
@@ -365,7 +453,8 @@ def allocate_bits(salience: Tensor, budget_bits: float, group_numel: int,
     """Integer bit width per group with total code bits ``<= budget_bits``.
 
     With ``estimate`` (salience-driven allocation): groups are ranked by ``salience``; the top
-    ``k`` get ``N + 1`` bits and the bottom ``k`` get ``N - 1``, ``N = floor(average)``, with
+    ``k`` get ``N + 1`` bits and the bottom ``k`` get ``N - 1``, ``N`` the integer nearest the
+    average code bits the budget allows, with
     ``k`` chosen to minimise the estimated error ``sum_g estimate[b_g][g]`` (``k = 0`` allowed,
     so the average stays ``N``). Without it every group gets ``N``. Then the budget is filled:
     while a whole group's worth of bits is left, the most salient ``N``-bit group is promoted
@@ -389,7 +478,7 @@ def allocate_bits(salience: Tensor, budget_bits: float, group_numel: int,
             f"the bit budget leaves {avg:.3f} code bits per weight after side information; "
             f"at least model.bits >= {min_bits} code bit per weight is needed (raise model.bits, "
             f"or lower the side information with a larger model.group_size)")
-    n = int(min(max(math.floor(avg), min_bits), max_bits))
+    n = int(min(max(math.floor(avg + 0.5), min_bits), max_bits))  # the width nearest the average
     order = torch.argsort(salience, descending=True, stable=True)
     bits = torch.full((m,), n, dtype=torch.int64)
     if estimate is not None and n - 1 >= min_bits and n + 1 <= max_bits \

@@ -31,11 +31,10 @@ from llvq.llm.glvq import (
     GLVQSettings,
     LayerResult,
     _LayerProblem,
+    _relative_error,
     allocate_bits,
     check_shapes,
     dequantize,
-    diagonal_blocks,
-    group_hessian_error,
     quantize_layer,
     side_bits,
 )
@@ -172,7 +171,13 @@ class BlockwisePTQ:
 
     # -- quantization --------------------------------------------------------------------------
     def layer_bits(self, w: Tensor, h: Tensor, name: str) -> tuple[Tensor, float]:
-        """Bit width per group of one layer and the layer's budget in bits (incl. side info)."""
+        """Bit width per group of one layer, and the bits the layer is planned to take.
+
+        The plan counts the side information as if every group companded (µ stored), so the
+        layer's stored size never exceeds it; the difference to the layer's budget is carried
+        to the next layer. Planning (rather than measuring) keeps the carry independent of the
+        optimisation, so every DDP rank knows every layer's budget in advance.
+        """
         s = self.settings
         out, inp = w.shape
         m = inp // s.group_size
@@ -180,7 +185,7 @@ class BlockwisePTQ:
         side = side_bits(out, m, s.lattice_dim, m if s.compand else 0, s.row_scale)
         group_numel = w.numel() // m
         avg = (budget - side) / w.numel()
-        n = max(1, math.floor(avg))
+        n = max(1, math.floor(avg + 0.5))  # as in allocate_bits
         if self.salience:
             prob = _LayerProblem(w, h, s, name)
             est = {b: prob.init_errors(torch.full((m,), b)) * prob.ref
@@ -188,27 +193,45 @@ class BlockwisePTQ:
             bits = allocate_bits(est[n], budget - side, group_numel, estimate=est)
         else:
             bits = allocate_bits(-torch.arange(m, dtype=torch.float64), budget - side, group_numel)
-        return bits, budget
+        planned = side + float(bits.sum()) * group_numel
+        self.carry = budget - planned
+        return bits, planned
 
     def quantize_block(self, i: int) -> Iterator[tuple[str, LayerResult, float]]:
-        """Quantize every linear layer of block ``i``; yields ``(name, result, bits/weight)``."""
+        """Quantize every linear layer of block ``i``; yields ``(name, result, bits/weight)``.
+
+        Under DDP the work is shared out: with error feedback (groups one after another) each
+        rank quantizes every ``world``-th layer of the block and the results are broadcast;
+        without it each rank optimises every ``world``-th group of each layer.
+        """
         hs = self.hessians(i)
         rank, world = dist_rank_world()
+        s = self.settings
+        plans = []
         for n, lin in self.layers[i].items():
             name = f"layers.{i}.{n}"
             w = lin.weight.detach().float().cpu()
             h = hs[n].float().cpu()
-            bits, budget = self.layer_bits(w, h, name)
-            mine = torch.arange(rank, bits.numel(), world) if world > 1 else None
-            res = quantize_layer(w, h, bits, self.settings, name=name, groups=mine)
-            if world > 1:
-                res = _share_groups(res, mine, w, h, self.settings, name)
-            used = layer_storage_bits(res)
-            self.carry = budget - used
+            bits, _ = self.layer_bits(w, h, name)
+            plans.append((name, lin, w, h, bits))
+        results: dict[str, LayerResult] = {}
+        for j, (name, _lin, w, h, bits) in enumerate(plans):
+            if s.error_feedback:
+                if world == 1 or j % world == rank:
+                    results[name] = quantize_layer(w, h, bits, s, name=name)
+            else:
+                mine = torch.arange(rank, bits.numel(), world) if world > 1 else None
+                res = quantize_layer(w, h, bits, s, name=name, groups=mine)
+                results[name] = _share_groups(res, mine, w, h, s) if world > 1 else res
+        if s.error_feedback and world > 1:
+            for j, (name, _lin, w, _h, bits) in enumerate(plans):
+                results[name] = _broadcast_result(results.get(name), j % world, w.shape, bits, s)
+        for name, lin, w, _h, _bits in plans:
+            res = results[name]
             with torch.no_grad():
                 lin.weight.copy_(res.weight.to(lin.weight))
             self.results[name] = res
-            yield name, res, used / w.numel()
+            yield name, res, layer_storage_bits(res) / w.numel()
         self.run_block(i)
 
     def apply_result(self, i: int) -> None:
@@ -228,8 +251,8 @@ def layer_storage_bits(res: LayerResult) -> float:
     return code_bits + side_bits(out, m, d, int(res.compand.sum()), res.row_scale is not None)
 
 
-def _share_groups(res: LayerResult, mine: Tensor, w: Tensor, h: Tensor, s: GLVQSettings,
-                  name: str) -> LayerResult:
+def _share_groups(res: LayerResult, mine: Tensor, w: Tensor, h: Tensor,
+                  s: GLVQSettings) -> LayerResult:
     """All-reduce the per-group results each rank computed for its own groups."""
     mask = torch.zeros(res.bits.numel(), dtype=torch.bool)
     mask[mine] = True
@@ -243,11 +266,43 @@ def _share_groups(res: LayerResult, mine: Tensor, w: Tensor, h: Tensor, s: GLVQS
     gen, mu, scale = (p.to(torch.float16) for p in parts[1:])
     weight = dequantize(codes, gen, mu, scale, res.row_scale, res.bits, res.compand,
                         w.shape[0], s.group_size)
-    hb = diagonal_blocks(h, s.group_size)
-    err = float(group_hessian_error(w - weight, hb, s.group_size).sum()
-                / group_hessian_error(w, hb, s.group_size).sum().clamp_min(1e-20))
+    err = _relative_error(w, weight, h)
     errs = torch.tensor([res.error_init, float(res.outer_steps)], dtype=torch.float64)
     dist.all_reduce(errs, op=dist.ReduceOp.MAX)
     return LayerResult(codes=codes, generator=gen, mu=mu, scale=scale, row_scale=res.row_scale,
                        bits=res.bits, weight=weight, error=err, error_init=float(errs[0]),
                        outer_steps=int(errs[1]), compand=res.compand)
+
+
+def _broadcast_result(res: LayerResult | None, src: int, shape: torch.Size, bits: Tensor,
+                      s: GLVQSettings) -> LayerResult:
+    """Rank ``src``'s result of one layer on every rank (shapes follow from the settings)."""
+    out, inp = shape
+    m, d = inp // s.group_size, s.lattice_dim
+    n = out * s.group_size // d
+    have = res is not None
+    tensors = {
+        "codes": res.codes.to(torch.int64) if have else torch.zeros(m, n, d, dtype=torch.int64),
+        "generator": res.generator.double() if have else torch.zeros(m, d, d, dtype=torch.float64),
+        "mu": res.mu.double() if have else torch.zeros(m, dtype=torch.float64),
+        "scale": res.scale.double() if have else torch.zeros(m, dtype=torch.float64),
+        "compand": res.compand.to(torch.int64) if have else torch.zeros(m, dtype=torch.int64),
+        "row_scale": (res.row_scale.double() if have and res.row_scale is not None
+                      else torch.zeros(out if s.row_scale else 0, dtype=torch.float64)),
+        "stats": (torch.tensor([res.error, res.error_init, res.outer_steps], dtype=torch.float64)
+                  if have else torch.zeros(3, dtype=torch.float64)),
+    }
+    for t in tensors.values():
+        dist.broadcast(t, src=src)
+    if have:
+        return res
+    t = tensors
+    half = torch.float16
+    row_scale = t["row_scale"].to(half) if s.row_scale else None
+    codes, compand = t["codes"].to(torch.int16), t["compand"].bool()
+    gen, mu, scale = t["generator"].to(half), t["mu"].to(half), t["scale"].to(half)
+    weight = dequantize(codes, gen, mu, scale, row_scale, bits, compand, out, s.group_size)
+    err, err_init, outer = t["stats"].tolist()
+    return LayerResult(codes=codes, generator=gen, mu=mu, scale=scale, row_scale=row_scale,
+                       bits=bits, weight=weight, error=err, error_init=err_init,
+                       outer_steps=int(outer), compand=compand)

@@ -67,6 +67,8 @@ class LLMPTQModule(L.LightningModule):
         compand: per-group µ-law companding (the ablation turns it off).
         salience: salience-driven bit allocation (off: equal widths).
         row_scale: per-output-row float16 scale before grouping.
+        error_feedback: groups left to right, each group's error folded into the later columns
+            (see :class:`llvq.llm.glvq.GLVQSettings`); ``damp`` regularises ``H`` for it.
         max_outer, inner_steps, lr, reg, tol: the alternating optimisation (see GLVQSettings).
         calib_batch_size: calibration windows per forward pass.
         eval_fp, eval_rtn: also report the full-precision and RTN perplexities.
@@ -77,8 +79,9 @@ class LLMPTQModule(L.LightningModule):
 
     def __init__(self, lm: dict | None = None, text: Any = None, bits: float = 2.0,
                  group_size: int = 128, lattice_dim: int = 8, compand: bool = True,
-                 salience: bool = True, row_scale: bool = True, max_outer: int = 12,
-                 inner_steps: int = 10, lr: float = 0.01, reg: float = 1e-3, tol: float = 1e-3,
+                 salience: bool = True, row_scale: bool = True, error_feedback: bool = True,
+                 damp: float = 0.01, max_outer: int = 6,
+                 inner_steps: int = 5, lr: float = 0.01, reg: float = 1e-3, tol: float = 1e-3,
                  calib_batch_size: int = 4, eval_fp: bool = True, eval_rtn: bool = True,
                  eval_batch_size: int = 4, export_dir: str | None = None, seed: int = 0) -> None:
         super().__init__()
@@ -97,7 +100,8 @@ class LLMPTQModule(L.LightningModule):
             text = TextDataModule()
         self.text = text
         self.settings = GLVQSettings(group_size=group_size, lattice_dim=lattice_dim,
-                                     compand=compand, row_scale=row_scale, max_outer=max_outer,
+                                     compand=compand, row_scale=row_scale,
+                                     error_feedback=error_feedback, damp=damp, max_outer=max_outer,
                                      inner_steps=inner_steps, lr=lr, reg=reg, tol=tol)
         self.anchor = nn.Parameter(torch.zeros(1))  # DDP needs one parameter; never changes
         self._lm: list[nn.Module] = []  # a list: the LM is not a submodule (not in checkpoints)

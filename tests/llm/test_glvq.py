@@ -106,9 +106,8 @@ def test_glvq_output_error_below_rtn(bits: int) -> None:
     for n, lin in ptq.layers[0].items():
         w, h = lin.weight.detach().float(), hs[n].float()
         w_rtn, rtn_bits = rtn_quantize(w, bits, 64)
-        alloc, budget = ptq.layer_bits(w, h, n)
+        alloc, _ = ptq.layer_bits(w, h, n)  # carries the model-wide budget, as in a run
         res = quantize_layer(w, h, alloc, TINY)
-        ptq.carry = budget - layer_storage_bits(res)  # the model-wide budget, as in a run
         glvq_bits += layer_storage_bits(res)
         rtn_total += rtn_bits * w.numel()
         for w_hat, acc in ((res.weight, "glvq"), (w_rtn, "rtn")):
@@ -149,7 +148,7 @@ def test_salience_allocation_keeps_the_average() -> None:
     plain = allocate_bits(sal, 2 * m * n, n)
     assert torch.equal(plain, torch.full((m,), 2))
     frac = allocate_bits(sal, 1.5 * m * n, n, estimate=est)  # fractional target
-    assert frac.sum() == 24 and set(frac.tolist()) == {1, 2}
+    assert frac.sum() == 24 and set(frac.tolist()) <= {1, 2, 3}
     assert bits.sum() * n <= 2 * m * n
     tight = allocate_bits(sal, 2 * m * n - 10, n, estimate=est)  # side info must be paid for
     assert tight.sum() * n <= 2 * m * n - 10
@@ -214,8 +213,12 @@ def test_model_without_linear_layers_is_refused() -> None:
         BlockwisePTQ(model, _calib(), 2, TINY, name="stripped")
 
 
-def test_ddp_cpu_shares_out_groups_and_matches_one_process(tmp_path: Path) -> None:
-    """Two gloo processes: calibration windows and groups are shared out; same quality."""
+@pytest.mark.parametrize("feedback", [
+    True,  # the ranks share out the layers of each block
+    pytest.param(False, marks=pytest.mark.slow),  # the ranks share out the groups of each layer
+])
+def test_ddp_cpu_shares_out_work_and_matches_one_process(feedback: bool, tmp_path: Path) -> None:
+    """Two gloo processes: calibration windows and layers/groups are shared out; same quality."""
     import json
     import os
     import subprocess
@@ -226,6 +229,7 @@ def test_ddp_cpu_shares_out_groups_and_matches_one_process(tmp_path: Path) -> No
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     common = ["experiment=glvq_tiny", "callbacks=none", "logger=csv", "model.eval_fp=false",
               "model.eval_rtn=false", "model.max_outer=3", "model.text.eval_tokens=512",
+              f"model.error_feedback={str(feedback).lower()}", "model.group_size=32",
               f"paths.log_dir={tmp_path}", f"paths.data_dir={ROOT / 'data'}"]
     exports = {}
     for label, extra in (("one", []), ("ddp", ["trainer=ddp_cpu"])):
