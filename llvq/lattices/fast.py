@@ -8,6 +8,10 @@ coordinates rounded furthest; a lattice that is a union of cosets ``L + t_i`` of
 ``L`` with a fast decoder is decoded coset by coset (D_n^+ hence E8, D_n^*, A_n^*).
 
 Every decoder maps ``x: (..., n) -> (..., n)`` (the nearest lattice point), batched.
+
+On CPU float32/float64 inputs without autograd, D_n and D_n^+ (hence E8) run a compiled C
+kernel (:mod:`llvq.lattices._cfast`) that gives the same outputs as the torch code below;
+``LLVQ_NO_CKERNEL=1`` (or no C compiler) keeps the torch path.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+from llvq.lattices import _cfast
 
 __all__ = [
     "AnDecoder",
@@ -36,10 +42,20 @@ def decode_zn(x: Tensor) -> Tensor:
 
 
 def decode_dn(x: Tensor) -> Tensor:
-    """Nearest point of D_n = {y in Z^n : sum(y) even} (Conway & Sloane 1982, g(x))."""
+    """Nearest point of D_n = {y in Z^n : sum(y) even} (Conway & Sloane 1982, g(x)).
+
+    Ties (several coordinates with the same largest rounding error) re-round the first one.
+    """
+    if _cfast.usable(x):
+        return _cfast.decode_dn(x)
+    return _decode_dn_torch(x)
+
+
+def _decode_dn_torch(x: Tensor) -> Tensor:
     f = torch.round(x)
     d = x - f
-    odd = torch.remainder(f.sum(-1, keepdim=True), 2) != 0  # (..., 1)
+    # parity coordinate by coordinate: a float32 sum of large coordinates would round
+    odd = torch.remainder(torch.remainder(f, 2).sum(-1, keepdim=True), 2) != 0  # (..., 1)
     k = d.abs().argmax(-1, keepdim=True)  # (..., 1) worst-rounded coordinate
     dk = d.gather(-1, k)
     step = torch.where(dk >= 0, 1.0, -1.0).to(x.dtype) * odd
@@ -110,8 +126,15 @@ class CosetDecoder:
     def __init__(self, base: Decoder, glue: Tensor) -> None:
         self.base = base
         self.glue = glue
+        n = glue.shape[-1]
+        half = torch.stack([torch.zeros(n), torch.full((n,), 0.5)]).to(glue.dtype)
+        # D_n^+ (E8 for n = 8) has a compiled decoder doing exactly what __call__ does
+        self._dn_plus = (base is decode_dn and glue.shape == half.shape
+                         and bool(torch.equal(glue.cpu(), half)))
 
     def __call__(self, x: Tensor) -> Tensor:
+        if getattr(self, "_dn_plus", False) and _cfast.usable(x):  # (older pickles lack it)
+            return _cfast.decode_dn_plus(x)
         glue = self.glue.to(device=x.device, dtype=x.dtype)
         best = x.new_empty(x.shape)
         best_d = None
