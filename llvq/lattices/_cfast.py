@@ -29,12 +29,13 @@ import logging
 import os
 import platform
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from llvq.lattices._ckernel import build_error, cache_dir, compile_shared
 
 __all__ = ["decode_dn", "decode_dn_plus", "kernels", "usable"]
 
@@ -296,33 +297,17 @@ def _cpu() -> str:
     return platform.machine() + platform.processor() + "".join(lines)
 
 
-def _build(lib: Path, flags: list[str]) -> None:
-    """Compile the source into ``lib`` (unique temporary names, then an atomic ``os.replace``)."""
-    lib.parent.mkdir(parents=True, exist_ok=True)
-    fd, src = tempfile.mkstemp(suffix=".c", prefix=lib.stem + "_", dir=lib.parent)
-    tmp = Path(src).with_suffix(".so")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(_SOURCE)
-        subprocess.run(["cc", *flags, "-shared", "-fPIC", "-o", str(tmp), src],
-                       check=True, capture_output=True, timeout=120)
-        os.replace(tmp, lib)
-    finally:
-        Path(src).unlink(missing_ok=True)
-        tmp.unlink(missing_ok=True)
-
-
 def _load() -> dict | None:
     if os.environ.get("LLVQ_NO_CKERNEL") == "1":
         return None
-    cache = Path(os.environ.get("LLVQ_CACHE", Path(tempfile.gettempdir()) / "llvq-cache"))
+    cache = cache_dir()
     err: Exception | None = None
     for flags in _FLAGS:
         tag = hashlib.sha1((_SOURCE + " ".join(flags) + _cpu()).encode()).hexdigest()[:12]
         lib = cache / f"cfast_{tag}.so"
         try:
             if not lib.is_file():
-                _build(lib, flags)
+                compile_shared(_SOURCE, lib, flags)
             cdll = ctypes.CDLL(str(lib))
         except (OSError, subprocess.SubprocessError) as e:
             err = e
@@ -334,10 +319,8 @@ def _load() -> dict | None:
             fn.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
             fns[name] = fn
         return fns
-    detail = getattr(err, "stderr", None)
-    detail = detail.decode(errors="replace").strip()[-500:] if isinstance(detail, bytes) else ""
-    _LOG.warning("llvq: could not build/load the C D_n/E8 decoders (%s%s); using the slower "
-                 "torch decoders", err, f": {detail}" if detail else "")
+    _LOG.warning("llvq: could not build/load the C D_n/E8 decoders (%s); using the slower "
+                 "torch decoders", build_error(err) if err else "no build was tried")
     return None
 
 

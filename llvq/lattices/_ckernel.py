@@ -77,15 +77,24 @@ _LOCK = threading.Lock()
 _PARALLEL_MIN = 4096  # rows per call below which the kernel runs on the calling thread only
 
 
-def _build(lib: Path) -> None:
-    """Compile the source into ``lib`` (unique temporary names, then an atomic ``os.replace``)."""
+def cache_dir() -> Path:
+    """Where compiled kernels are cached: ``$LLVQ_CACHE`` or ``<tmp>/llvq-cache``."""
+    return Path(os.environ.get("LLVQ_CACHE", Path(tempfile.gettempdir()) / "llvq-cache"))
+
+
+def compile_shared(source: str, lib: Path, flags: list[str]) -> None:
+    """Compile ``source`` into the shared object ``lib`` with ``cc`` and ``flags``.
+
+    Unique temporary names, then an atomic ``os.replace``, so several processes may build the
+    same library at once.
+    """
     lib.parent.mkdir(parents=True, exist_ok=True)
     fd, src = tempfile.mkstemp(suffix=".c", prefix=lib.stem + "_", dir=lib.parent)
     tmp = Path(src).with_suffix(".so")
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(_SOURCE)
-        subprocess.run(["cc", "-O3", "-shared", "-fPIC", "-o", str(tmp), src],
+            f.write(source)
+        subprocess.run(["cc", *flags, "-shared", "-fPIC", "-o", str(tmp), src],
                        check=True, capture_output=True, timeout=120)
         os.replace(tmp, lib)
     finally:
@@ -93,21 +102,25 @@ def _build(lib: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def build_error(err: Exception) -> str:
+    """``err`` with the tail of the compiler's stderr, for the one warning on failure."""
+    detail = getattr(err, "stderr", None)
+    detail = detail.decode(errors="replace").strip()[-500:] if isinstance(detail, bytes) else ""
+    return f"{err}: {detail}" if detail else str(err)
+
+
 def _load() -> Callable | None:
     if os.environ.get("LLVQ_NO_CKERNEL") == "1":
         return None
     tag = hashlib.sha1(_SOURCE.encode()).hexdigest()[:12]
-    cache = Path(os.environ.get("LLVQ_CACHE", Path(tempfile.gettempdir()) / "llvq-cache"))
-    lib = cache / f"se_decode_{tag}.so"
+    lib = cache_dir() / f"se_decode_{tag}.so"
     try:
         if not lib.is_file():
-            _build(lib)
+            compile_shared(_SOURCE, lib, ["-O3"])
         fn = ctypes.CDLL(str(lib)).se_decode
     except (OSError, subprocess.SubprocessError) as err:
-        detail = getattr(err, "stderr", None)
-        detail = detail.decode(errors="replace").strip()[-500:] if isinstance(detail, bytes) else ""
-        _LOG.warning("llvq: could not build/load the C closest-point kernel (%s%s); using the "
-                     "slower torch search", err, f": {detail}" if detail else "")
+        _LOG.warning("llvq: could not build/load the C closest-point kernel (%s); using the "
+                     "slower torch search", build_error(err))
         return None
     fn.restype = None
     fn.argtypes = [ctypes.c_int, ctypes.c_long] + [ctypes.c_void_p] * 4

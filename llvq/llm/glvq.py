@@ -103,6 +103,7 @@ class LayerResult:
         error: relative output error after quantization ``tr(D H D^T) / tr(W H W^T)`` (full H).
         error_init: the same for the initial quantizer (no gradient step, no error feedback).
         outer_steps: alternations run (largest over groups).
+        extra: scratch values passed between internal steps (empty in returned results).
     """
 
     codes: Tensor
@@ -302,7 +303,7 @@ def quantize_layer(w: Tensor, h: Tensor, bits: Tensor, settings: GLVQSettings | 
     res = _optimise(prob, bits, s, groups)
     # report the true relative output error (full H), as the error-feedback path does
     res.error = _relative_error(prob.w, res.weight, h)
-    res.error_init = _relative_error(prob.w, _initial_weight(prob, bits), h)
+    res.error_init = _relative_error(prob.w, res.extra.pop("weight_init"), h)
     return res
 
 
@@ -332,14 +333,15 @@ def _optimise(prob: _LayerProblem, bits: Tensor, s: GLVQSettings,
     active = torch.zeros(prob.m, dtype=torch.bool)
     active[groups if groups is not None else slice(None)] = True
 
-    def current_error() -> tuple[Tensor, Tensor]:
+    def current() -> tuple[Tensor, Tensor, Tensor]:
         with torch.no_grad():
             q.generator.copy_(g0 @ (eye + a))
             q.mu_logit.copy_(mu_logit)
             k = q.lattice_codes(q.forward_transform(prob.x))
-            return prob.errors(prob.weight(q.reconstruct(k))), k
+            w_cur = prob.weight(q.reconstruct(k))
+            return prob.errors(w_cur), k, w_cur
 
-    err, k = current_error()
+    err, k, w_init = current()
     err_init = err.clone()
     best_err, best_a, best_mu = err.clone(), a.detach().clone(), mu_logit.detach().clone()
     outer = 0
@@ -358,7 +360,7 @@ def _optimise(prob: _LayerProblem, bits: Tensor, s: GLVQSettings,
             with torch.no_grad():  # frozen groups stay at their best state
                 a[~active] = best_a[~active]
                 mu_logit[~active] = best_mu[~active]
-        err, k = current_error()
+        err, k, _ = current()
         improved = err < best_err * (1 - s.tol)
         better = err < best_err
         best_a[better] = a.detach()[better]
@@ -380,7 +382,8 @@ def _optimise(prob: _LayerProblem, bits: Tensor, s: GLVQSettings,
                        mu=q.mu.detach().to(SIDE_DTYPE), scale=q.scale.to(SIDE_DTYPE),
                        row_scale=None if prob.row_scale is None else prob.row_scale.to(SIDE_DTYPE),
                        bits=q.bits.clone(), weight=w_hat, error=rel, error_init=rel_init,
-                       outer_steps=outer, compand=q.compand_mask.clone())
+                       outer_steps=outer, compand=q.compand_mask.clone(),
+                       extra={"weight_init": w_init})
 
 
 def _quantize_with_feedback(w: Tensor, h: Tensor, bits: Tensor, s: GLVQSettings,

@@ -22,12 +22,12 @@ from typing import Any
 import lightning as L
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 
 from llvq.llm.eval import perplexity
 from llvq.llm.glvq import GLVQSettings, LayerResult, dequantize, rtn_quantize
 from llvq.llm.models import load_causal_lm, quantizable_linears
-from llvq.llm.ptq import BlockwisePTQ, dist_rank_world
+from llvq.llm.ptq import BlockwisePTQ, dist_rank_world, layer_storage_bits
 
 log = logging.getLogger(__name__)
 # the module's "optimizer" never changes anything, so Lightning's note about checkpointing
@@ -109,6 +109,7 @@ class LLMPTQModule(L.LightningModule):
         self.ptq: BlockwisePTQ | None = None
         self.done: list[int] = []
         self._restored: dict[str, Any] | None = None
+        self._eval_tokens: Tensor | None = None
         self.fp_metrics: dict[str, float] = {}
         self.final: dict[str, float] = {}
         self._t0 = time.time()
@@ -197,14 +198,14 @@ class LLMPTQModule(L.LightningModule):
     # -- the end --------------------------------------------------------------------------------
     def effective_bits(self) -> float:
         """Bits per quantized weight including side information, over the whole model."""
-        from llvq.llm.ptq import layer_storage_bits
-
         used = sum(layer_storage_bits(r) for r in self.ptq.results.values())
         numel = sum(r.weight.numel() for r in self.ptq.results.values())
         return used / max(numel, 1)
 
     def _perplexity(self, label: str) -> dict[str, float]:
-        tokens = self.text.evaluation_tokens(self.tokenizer)
+        if self._eval_tokens is None:  # tokenized once for the fp, GLVQ and RTN evaluations
+            self._eval_tokens = self.text.evaluation_tokens(self.tokenizer)
+        tokens = self._eval_tokens
         seq = self.text.seq_len
         rank, world = dist_rank_world()
         windows = tokens[: (tokens.numel() // seq) * seq].view(-1, seq)
