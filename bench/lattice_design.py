@@ -36,7 +36,8 @@ from llvq.lattices.generators import BEST_KNOWN
 METHODS = ("householder", "matrix_exp")
 
 
-def bench_dim(dim: int, steps: int, batch: int, lr: float, eval_samples: int, seed: int) -> dict:
+def bench_dim(dim: int, steps: int, batch: int, lr: float, eval_samples: int, seed: int,
+              methods: tuple[str, ...] = METHODS) -> dict:
     parts = auto_parts(dim)
     t0 = time.perf_counter()
     splice, splice_se = precise_nsm(splice_generator(parts), eval_samples, seed=seed + 1_000_003)
@@ -44,7 +45,7 @@ def bench_dim(dim: int, steps: int, batch: int, lr: float, eval_samples: int, se
     row = {"dim": dim, "parts": " + ".join(BEST_KNOWN[p] for p in parts),
            "splice": splice, "splice_se": splice_se, "splice_s": time.perf_counter() - t0,
            "best_known": best}
-    for m in METHODS:
+    for m in methods:
         r = design_lattice(dim, m, steps=steps, batch_size=batch, lr=lr, anneal=steps / 2,
                            seed=seed, eval_samples=eval_samples)
         row.update({m: r.nsm, f"{m}_se": r.se, f"{m}_s": r.seconds,
@@ -63,31 +64,35 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2.0)
     ap.add_argument("--eval-samples", type=int, default=40_000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    ap.add_argument("--name", default="lattice_design",
+                    help="result file bench/results/<name>.json (written after every dimension)")
     args = ap.parse_args()
+    methods = tuple(args.methods)
     torch.set_num_threads(1)
 
     rows = []
     for dim in [*args.check_dims, *args.dims]:
-        row = bench_dim(dim, args.steps, args.batch, args.lr, args.eval_samples, args.seed)
+        row = bench_dim(dim, args.steps, args.batch, args.lr, args.eval_samples, args.seed, methods)
         rows.append(row)
-        print(f"dim {dim}: splice {row['splice']:.6f}  householder {row['householder']:.6f}  "
-              f"matrix_exp {row['matrix_exp']:.6f}  best {row['best_known']:.6f}  "
-              f"({row['householder_s'] + row['matrix_exp_s']:.0f} s)", flush=True)
+        fused = "  ".join(f"{m} {row[m]:.6f} ({row[m + '_gap_pct']:+.2f} %, {row[m + '_s']:.0f} s)"
+                          for m in methods)
+        print(f"dim {dim}: splice {row['splice']:.6f}  {fused}  best {row['best_known']:.6f}", flush=True)
+        write_result(args.name, {"settings": vars(args), "rows": rows})  # partial results survive
 
     table = [{"n": r["dim"], "parts": r["parts"], "best known": f"{r['best_known']:.6f}",
               "splice": f"{r['splice']:.6f} ± {r['splice_se']:.1e}",
               **{m: f"{r[m]:.6f} ± {r[m + '_se']:.1e}" + (" *" if r[m + "_beats_splice"] else "")
-                 for m in METHODS},
-              "gap % (splice / HH / exp)": f"{r['splice_gap_pct']:+.2f} / "
-                                           f"{r['householder_gap_pct']:+.2f} / "
-                                           f"{r['matrix_exp_gap_pct']:+.2f}",
-              "time s (HH / exp)": f"{r['householder_s']:.0f} / {r['matrix_exp_s']:.0f}"}
+                 for m in methods},
+              "gap % (splice / " + " / ".join(methods) + ")":
+                  " / ".join(f"{r[k + '_gap_pct']:+.2f}" for k in ("splice", *methods)),
+              "time s": " / ".join(f"{r[m + '_s']:.0f}" for m in methods)}
              for r in rows]
-    columns = ["n", "parts", "best known", "splice", *METHODS, "gap % (splice / HH / exp)",
-               "time s (HH / exp)"]
+    columns = ["n", "parts", "best known", "splice", *methods,
+               "gap % (splice / " + " / ".join(methods) + ")", "time s"]
     print(markdown_table(table, columns))
     print("* = below the splice by more than 3 combined standard errors")
-    path = write_result("lattice_design", {"settings": vars(args), "rows": rows})
+    path = write_result(args.name, {"settings": vars(args), "rows": rows})
     print(f"wrote {path}")
 
 

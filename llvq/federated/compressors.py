@@ -5,27 +5,26 @@ Notation:
     L  sub-vector (lattice) dimension;  m = P / L blocks
     K  codebook size ``2^(R L)``; every block is sent as a fixed-length ``R L``-bit index
 
-Compressors (:data:`COMPRESSORS`):
-    ``none``     fp32, ``32 P`` bits.
-    ``qsgd``     QSGD (Alistarh et al. 2017) with ``2^R`` levels on ``[-1, 1]`` times ``||h||_2``,
-                 unbiased stochastic rounding, fixed-length codes; side info: the norm (fp32).
-    ``uniform``  scalar subtractive-dithered quantization: the lattice compressor on ``Z``.
-    ``lattice``  UVeQFed (Shlezinger et al. 2020): subtractive-dithered lattice quantization with a
-                 fixed lattice (``A2`` by default); side info: the scale ``zeta`` (fp32).
-    ``olala``    OLALa (Lang et al., "Online Learning of Lattice quantizers"): per client and round
-                 a small network with a fixed input outputs ``G``; it is trained online on the
-                 client's update with the MSE of the dithered quantization error (the nearest
-                 point a stop-gradient); side info: ``G`` and ``zeta`` (fp32).
+Every compressor is built from a registered quantizer (:mod:`llvq.quantizers`):
 
-The bounded lattice code is the ``K`` points of ``L`` nearest to a centre ``c`` (chosen among
-the points ``u G``, ``u in {0, 1/3, 1/2, 2/3}^L``, to minimise the code's radius; e.g. the
-mid-rise quantizer ``c = 1/2`` for ``Z``). A block ``x`` is sent as the index of the codeword
-nearest to ``x / zeta + d + c``; it *overloads* when the lattice point nearest to that is not
-in the code (the codeword is then the nearest one in the code). Decoding is
-``zeta (w_k - c - d)``. Without overload the error is uniform over the Voronoi cell of
-``zeta L``: mean 0, per-coordinate variance ``NSM zeta^2 V^(2/L)`` (Zamir & Feder 1996).
-``zeta`` is the smallest scale whose measured overload rate is at most the target (bisection).
-Dither is drawn from a seed both ends know (round, client).
+    ``none``     ``identity``: fp32, ``32 P`` bits.
+    ``qsgd``     QSGD (Alistarh et al. 2017): ``bounded_lattice`` on ``Z1`` with ``2^R`` levels
+                 ``||h||_2 (-1 + 2k / (2^R - 1))`` and non-subtractive dither, which is exactly
+                 QSGD's unbiased stochastic rounding; side info: the scale (fp32).
+    ``uniform``  scalar subtractive-dithered quantization: ``bounded_lattice`` on ``Z1``.
+    ``lattice``  UVeQFed (Shlezinger et al. 2020): ``bounded_lattice`` with a fixed lattice
+                 (``A2`` by default); side info: the scale ``zeta`` (fp32).
+    ``olala``    OLALa (Lang et al. 2025, "Online Learned Adaptive Lattice codes"): per client
+                 and round a small network with a fixed input outputs ``G``; it is trained online
+                 on the client's update with the MSE of the dithered quantization error (the
+                 nearest codeword a stop-gradient); side info: ``G`` and ``zeta`` (fp32).
+
+The bounded code and the encoding are those of :class:`llvq.quantizers.BoundedLatticeQuantizer`:
+a block ``x`` is the index of the codeword nearest to ``x / zeta + d + c``, decoded as
+``zeta (w_k - c - d)``; it overloads when the nearest lattice point is not in the code.
+``zeta`` is the smallest scale whose overload rate is at most ``overload`` (bisection), or with
+``overload=None`` the scale with the least squared error on the client's update.
+The dither is drawn from a seed both ends know (round, client).
 """
 
 from __future__ import annotations
@@ -38,7 +37,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from llvq.lattices import Lattice, enumerate_points, get_lattice, sample_dither
+from llvq.lattices import Lattice, bounded_code, get_lattice
+from llvq.quantizers import BoundedLatticeQuantizer, build
 
 __all__ = [
     "COMPRESSORS",
@@ -72,6 +72,7 @@ class Payload:
         bits: bits sent, indices plus side information.
         overloaded: overloaded blocks.
         blocks: ``m``.
+        stats: client-side diagnostics for logging (not sent, not counted).
     """
 
     kind: str
@@ -81,6 +82,7 @@ class Payload:
     bits: int = 0
     overloaded: int = 0
     blocks: int = 0
+    stats: dict[str, float] = field(default_factory=dict)
 
 
 def _blocks(h: Tensor, block: int) -> Tensor:
@@ -99,47 +101,6 @@ def _check_side(p: Payload, key: str, shape: tuple[int, ...]) -> Tensor:
     if not bool(torch.isfinite(t).all()):
         raise PayloadError(f"side information '{key}' has non-finite values")
     return t.double()
-
-
-_CODE_CACHE: dict[tuple[bytes, int], tuple[Tensor, Tensor]] = {}
-
-
-def bounded_code(generator: Tensor, size: int) -> tuple[Tensor, Tensor]:
-    """The ``size`` lattice points nearest to the best centre: ``(coords (K, L) int64, centre (L,))``.
-
-    Deterministic in the bits of ``generator`` (ties broken by distance rounded to 1e-9, then
-    coordinates), so client and server build the same code from the same stored ``G``.
-    """
-    g = generator.detach().double().cpu()
-    key = (g.numpy().tobytes(), size)
-    if key in _CODE_CACHE:
-        return _CODE_CACHE[key]
-    n = g.shape[0]
-    inv = torch.linalg.inv(g)
-    fracs = torch.tensor([0.0, 1 / 3, 0.5, 2 / 3], dtype=torch.float64)
-    grid = torch.cartesian_prod(*([fracs] * n)).view(-1, n)
-    best: tuple[float, Tensor, Tensor] | None = None
-    vol = abs(float(torch.linalg.det(g)))
-    r0 = (size * vol / (math.pi ** (n / 2) / math.gamma(n / 2 + 1))) ** (1 / n)
-    for frac in grid:
-        centre = frac @ g
-        radius = r0
-        while True:
-            pts = enumerate_points(g, radius, center=centre)
-            if pts.shape[0] >= size:
-                break
-            radius *= 1.3
-        coords = torch.round(pts @ inv).to(torch.int64)
-        dist = (pts - centre).norm(dim=-1)
-        order = sorted(range(len(pts)), key=lambda i: (round(float(dist[i]), 9), *coords[i].tolist()))
-        chosen = order[:size]
-        reach = float(dist[chosen[-1]])
-        if best is None or reach < best[0] - 1e-9:
-            best = (reach, coords[chosen], centre)
-    _CODE_CACHE[key] = (best[1], best[2])
-    if len(_CODE_CACHE) > 256:
-        _CODE_CACHE.pop(next(iter(_CODE_CACHE)))
-    return best[1], best[2]
 
 
 class Compressor:
@@ -175,12 +136,16 @@ class Compressor:
 
 
 class NoneCompressor(Compressor):
-    """No compression: the fp32 update, ``32 P`` bits."""
+    """No compression: the ``identity`` quantizer, fp32, ``32 P`` bits."""
 
     name = "none"
 
+    def __init__(self, rate: float = 2.0) -> None:
+        super().__init__(rate)
+        self.quantizer = build("identity", dim=1)
+
     def compress(self, h: Tensor, seed: int) -> Payload:
-        v = h.detach().reshape(-1).float().cpu()
+        v = self.quantizer.encode(h.detach().reshape(-1, 1).float().cpu()).reshape(-1)
         return Payload(self.name, v.numel(), torch.zeros(0, dtype=torch.int64), {"values": v},
                        bits=FLOAT_BITS * v.numel(), blocks=v.numel())
 
@@ -189,108 +154,83 @@ class NoneCompressor(Compressor):
             raise PayloadError(f"payload of kind '{payload.kind}' sent to a 'none' decoder")
         if numel is not None and payload.numel != numel:
             raise PayloadError(f"payload has {payload.numel} coordinates, the model has {numel}")
-        return _check_side(payload, "values", (payload.numel,)).float()
-
-
-class QSGDCompressor(Compressor):
-    """QSGD with ``2^R`` levels ``-1 + 2k / (2^R - 1)`` times ``||h||_2``; ``R`` must be whole."""
-
-    name = "qsgd"
-
-    def __init__(self, rate: float = 2.0) -> None:
-        super().__init__(rate)
-        if self.rate != int(self.rate):
-            raise ValueError(f"qsgd needs a whole model.rate, got {rate}")
-        self.levels = 2 ** int(self.rate)
-
-    def compress(self, h: Tensor, seed: int) -> Payload:
-        v = h.detach().reshape(-1).double().cpu()
-        norm = torch.tensor(float(v.norm()), dtype=torch.float32)
-        t = (v / norm.double().clamp_min(1e-300) + 1) * 0.5 * (self.levels - 1)  # in [0, s-1]
-        low = t.floor()
-        u = torch.rand(v.shape, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64)
-        idx = (low + (u < t - low).double()).clamp(0, self.levels - 1).to(torch.int64)
-        return Payload(self.name, v.numel(), idx, {"norm": norm},
-                       bits=int(self.rate) * v.numel() + FLOAT_BITS, blocks=v.numel())
-
-    def decompress(self, payload: Payload, seed: int, numel: int | None = None) -> Tensor:
-        self._check_indices(payload, numel, self.levels)
-        norm = _check_side(payload, "norm", ())
-        return (norm * (-1 + 2 * payload.indices.double() / (self.levels - 1))).float()
+        values = _check_side(payload, "values", (payload.numel,)).float()
+        return self.quantizer.decode(values.view(-1, 1)).reshape(-1)
 
 
 class LatticeCompressor(Compressor):
-    """Subtractive-dithered bounded lattice quantization (UVeQFed); ``uniform`` is it on ``Z``.
+    """Subtractive-dithered bounded lattice quantization (UVeQFed) of ``L``-dim blocks.
+
+    Built from ``bounded_lattice`` with ``dim = L``; ``uniform`` is it on ``Z1``.
 
     Args:
         rate: ``R`` bits per coordinate; ``R * L`` must be whole.
         lattice: a lattice name (``A2``, ``D4``, ``E8``, ``Z1``, ...).
-        overload: target overload probability of the scale fit (0 = none overloads).
+        overload: target overload probability of the scale fit (0 = none overloads);
+            ``None``: the scale with the least squared error on the update.
     """
 
     name = "lattice"
     send_generator = False
-    bisection_steps = 24  # relative precision of zeta ~ 2^-24 * ln(1e5)
+    dither = "subtractive"
 
-    def __init__(self, rate: float = 2.0, lattice: str = "A2", overload: float = 0.01) -> None:
+    def __init__(self, rate: float = 2.0, lattice: str = "A2", overload: float | None = 0.01) -> None:
         super().__init__(rate)
-        if not 0 <= overload < 1:
-            raise ValueError(f"model.overload must be in [0, 1), got {overload}")
-        self.lattice = get_lattice(lattice)
-        self.block = self.lattice.dim
-        index_bits = self.rate * self.block
+        if overload is not None and not 0 <= overload < 1:
+            raise ValueError(f"model.overload must be in [0, 1) or null (least-error scale), "
+                             f"got {overload}")
+        base = get_lattice(lattice)
+        index_bits = self.rate * base.dim
         if abs(index_bits - round(index_bits)) > 1e-9 or round(index_bits) < 1:
-            raise ValueError(f"rate {rate} x lattice dimension {self.block} must be a whole number "
+            raise ValueError(f"rate {rate} x lattice dimension {base.dim} must be a whole number "
                              f">= 1 of index bits; change model.rate or model.lattice")
-        self.index_bits = round(index_bits)
-        self.size = 2 ** self.index_bits
-        self.overload = float(overload)
+        self.quantizer: BoundedLatticeQuantizer = build(
+            "bounded_lattice", dim=base.dim, lattice=lattice, rate=self.rate, dither=self.dither).eval()
+        self.lattice = base
+        self.block = base.dim
+        self.index_bits = self.quantizer.index_bits
+        self.size = self.quantizer.codebook_size
+        self.overload = None if overload is None else float(overload)
 
     def side_bits(self) -> int:
         return FLOAT_BITS * (1 + (self.block ** 2 if self.send_generator else 0))
 
-    def _encode(self, x: Tensor, g: Tensor, zeta: float, seed: int,
-                dither: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        coords, centre = bounded_code(g, self.size)
-        words = coords.double() @ g  # (K, L)
-        d = sample_dither(g, (x.shape[0],), seed) if dither is None else dither
-        y = x / zeta + d + centre  # (m, L)
-        idx = torch.cdist(y, words).argmin(dim=1)
-        nearest = Lattice("q", g).closest_coordinates(y)
-        over = (nearest != coords[idx]).any(dim=1)
-        return idx, over
+    def _use(self, g: Tensor, seed: int) -> BoundedLatticeQuantizer:
+        q = self.quantizer
+        q.set_generator(g)
+        q.seed = int(seed)
+        return q
 
-    def fit_scale(self, x: Tensor, g: Tensor, seed: int) -> float:
-        """Smallest ``zeta`` whose overload rate on ``x`` (with this dither) is at most the target."""
-        top = float(x.norm(dim=1).max()) if x.numel() else 0.0
-        if top == 0.0:
-            return 1.0
-        vol = abs(float(torch.linalg.det(g))) ** (1 / self.block)
-        lo, hi = math.log(top / vol * 1e-3), math.log(top / vol * 1e2)
-        d = sample_dither(g, (x.shape[0],), seed)
-        for _ in range(self.bisection_steps):
-            mid = 0.5 * (lo + hi)
-            rate = float(self._encode(x, g, math.exp(mid), seed, d)[1].double().mean())
-            lo, hi = (lo, mid) if rate <= self.overload else (mid, hi)
-        return math.exp(hi)
+    def scale_for(self, x: Tensor, g: Tensor, seed: int, near: float | None = None,
+                  steps: int = 24) -> float:
+        """``zeta`` for blocks ``x: (m, L)`` with generator ``g`` and this seed's dither
+        (``near``, ``steps``: see :meth:`BoundedLatticeQuantizer.fit_scale`)."""
+        return self._use(g, seed).fit_scale(x, self.overload, steps, near)
 
-    def generator_for(self, x: Tensor, seed: int) -> Tensor:
-        """The generator this client uses (fixed here; learned by OLALa)."""
-        return self.lattice.generator
+    def error(self, x: Tensor, g: Tensor, zeta: float, seed: int) -> float:
+        """Squared error of sending ``x`` with ``(g, zeta)`` and this seed's dither."""
+        q = self._use(g, seed)
+        q.scale.fill_(zeta)
+        d = q.sample_dither((x.shape[0],))
+        return float((q.decode_with(q.encode_blocks(x, d)[0], d) - x).pow(2).sum())
+
+    def generator_and_scale(self, x: Tensor, seed: int) -> tuple[Tensor, float, dict[str, float]]:
+        """``(G as sent, zeta, client-side statistics)``; fixed ``G`` here, learned by OLALa."""
+        g = self.lattice.generator
+        return g, self.scale_for(x, g, seed), {}
 
     def compress(self, h: Tensor, seed: int) -> Payload:
         x = _blocks(h, self.block)
-        side = {}
-        g = self.generator_for(x, seed)
+        g, zeta, stats = self.generator_and_scale(x, seed)
+        side = {"zeta": torch.tensor(zeta, dtype=torch.float32)}
         if self.send_generator:
             side["generator"] = g.float()
-            g = side["generator"].double()  # quantize with G as stored, so the server matches
-        zeta = torch.tensor(self.fit_scale(x, g, seed) * (1 + 1e-6), dtype=torch.float32)
-        side["zeta"] = zeta
-        idx, over = self._encode(x, g, float(zeta), seed)
-        return Payload(self.name, h.numel(), idx, side,
+        q = self._use(side["generator"].double() if self.send_generator else g, seed)
+        q.scale.fill_(float(side["zeta"]))  # encode with the side information as stored
+        idx, over = q.encode_blocks(x)
+        return Payload(self.name, h.numel(), idx.view(-1), side,
                        bits=self.index_bits * x.shape[0] + self.side_bits(),
-                       overloaded=int(over.sum()), blocks=x.shape[0])
+                       overloaded=int(over.sum()), blocks=x.shape[0], stats=stats)
 
     def decompress(self, payload: Payload, seed: int, numel: int | None = None) -> Tensor:
         m = self._check_indices(payload, numel, self.size)
@@ -303,9 +243,10 @@ class LatticeCompressor(Compressor):
             cond = torch.linalg.cond(g)
             if not bool(torch.isfinite(cond)) or float(cond) > 1e8:
                 raise PayloadError(f"generator is singular (condition number {float(cond):.3g})")
-        coords, centre = bounded_code(g, self.size)
-        d = sample_dither(g, (m,), seed)
-        x = zeta * (coords[payload.indices].double() @ g - centre - d)  # (m, L)
+        q = self._use(g, seed)
+        q.scale.fill_(float(zeta))
+        d = q.sample_dither((m,)) if self.dither == "subtractive" else None
+        x = q.decode_with(payload.indices.view(m, 1), d)  # (m, L)
         return x.reshape(-1)[: payload.numel].float()
 
 
@@ -314,12 +255,40 @@ class UniformCompressor(LatticeCompressor):
 
     name = "uniform"
 
-    def __init__(self, rate: float = 2.0, overload: float = 0.01) -> None:
+    def __init__(self, rate: float = 2.0, overload: float | None = 0.01) -> None:
         super().__init__(rate, "Z1", overload)
 
 
+class QSGDCompressor(LatticeCompressor):
+    """QSGD: ``2^R`` levels ``||h||_2 (-1 + 2k / (2^R - 1))`` with unbiased stochastic rounding.
+
+    The bounded ``Z1`` code of ``2^R`` points at scale ``zeta = 2 ||h||_2 / (2^R - 1)`` with a
+    non-subtractive dither: rounding ``x / zeta + d`` with ``d`` uniform on ``[-1/2, 1/2)``
+    picks the upper level with probability equal to the distance from the lower one.
+    ``R`` must be whole.
+    """
+
+    name = "qsgd"
+    dither = "nonsubtractive"
+
+    def __init__(self, rate: float = 2.0) -> None:
+        if float(rate) != int(rate):
+            raise ValueError(f"qsgd needs a whole model.rate, got {rate}")
+        super().__init__(rate, "Z1", 0.0)
+        self.levels = self.size
+
+    def generator_and_scale(self, x: Tensor, seed: int) -> tuple[Tensor, float, dict[str, float]]:
+        norm = float(x.norm())
+        return self.lattice.generator, (2 * norm / (self.levels - 1) if norm > 0 else 1.0), {}
+
+
 class GeneratorNet(nn.Module):
-    """A fixed input ``s`` through a small MLP gives ``G = G0 + f_theta(s)`` (``f`` starts at 0), rescaled to ``|det G0|``."""
+    """A fixed input ``s`` through a small MLP gives ``G = G0 expm(f_theta(s))`` (``f`` starts at 0).
+
+    The matrix exponential keeps ``G`` invertible for every output. The scale of ``G`` is free
+    while training, so the MSE can trade granular error against overload; the learned shape is
+    then rescaled to ``|det G0|`` and ``zeta`` sets the scale.
+    """
 
     def __init__(self, g0: Tensor, hidden: int = 16, in_dim: int = 4) -> None:
         super().__init__()
@@ -331,61 +300,115 @@ class GeneratorNet(nn.Module):
         nn.init.zeros_(self.net[-1].bias)
 
     def forward(self) -> Tensor:
-        g = self.g0 + self.net(self.s).view_as(self.g0)
-        # the scale is zeta's job: keep the volume of G0, so the network learns the shape
-        ratio = self.g0.det().abs() / g.det().abs().clamp_min(1e-12)
-        return g * ratio ** (1.0 / g.shape[0])
+        return self.g0 @ torch.linalg.matrix_exp(self.net(self.s).view_as(self.g0))
+
+    def shape(self) -> Tensor:
+        """The learned ``G`` rescaled to the volume of ``G0``, as stored (fp32 values, detached)."""
+        g = self.forward().detach()
+        ratio = self.g0.det().abs() / g.det().abs().clamp_min(1e-300)
+        return (g * ratio ** (1.0 / g.shape[0])).float().double()
 
 
 class OlalaCompressor(LatticeCompressor):
     """OLALa: a per-client, per-round generator learned online on the client's own update.
 
+    Per round: ``zeta0`` is fitted for the starting lattice ``G0``; the network is trained by
+    Adam on mini-batches of the update's blocks (in units of ``zeta0``) for the MSE of the
+    dithered bounded quantization, ``||w_k(G) - c(G) - d(G) - x||^2`` with the codeword choice
+    ``k`` a stop-gradient and the dither reparametrised as ``d = (u - Q(u G)) G``. Every
+    ``refresh`` steps the code's membership is rebuilt for the current ``G`` and the candidate
+    (its shape at the volume of ``G0``, as stored) is scored by what the server will see: the
+    client's actual squared error with ``zeta`` fitted for the overload target and the real
+    dither. The best candidate is sent, ``G0`` included (``stats["learned"]`` says which), so a
+    round's online learning never makes the client's error worse than its starting lattice.
+
     Args:
-        rate, lattice, overload: as :class:`LatticeCompressor`; ``lattice`` is the starting ``G0``.
-        epochs: passes of mini-batch Adam over the update's blocks.
+        rate, lattice, overload: as :class:`LatticeCompressor`; ``lattice`` is ``G0``.
+        steps: Adam steps of the generator network per round (0: always ``G0``).
         lr: learning rate of the generator network.
         batch_size: blocks per mini-batch.
         hidden: width of the generator network.
+        refresh: steps between rebuilding the code and scoring the current ``G``.
+        score_blocks: candidates are scored on at most this many blocks (a fixed random
+            subset); the winner is checked against ``G0`` on all blocks.
     """
 
     name = "olala"
     send_generator = True
 
-    def __init__(self, rate: float = 2.0, lattice: str = "A2", overload: float = 0.01,
-                 epochs: int = 3, lr: float = 1e-3, batch_size: int = 256, hidden: int = 16) -> None:
+    def __init__(self, rate: float = 2.0, lattice: str = "A2", overload: float | None = 0.01,
+                 steps: int = 100, lr: float = 0.003, batch_size: int = 512, hidden: int = 16,
+                 refresh: int = 10, score_blocks: int = 4096) -> None:
         super().__init__(rate, lattice, overload)
-        self.epochs, self.lr, self.batch_size, self.hidden = int(epochs), float(lr), int(batch_size), int(hidden)
+        if steps < 0 or lr <= 0 or batch_size < 1 or refresh < 1:
+            raise ValueError(f"OLALa needs model.olala_steps >= 0, model.olala_lr > 0, batch_size "
+                             f">= 1 and refresh >= 1; got {steps}, {lr}, {batch_size}, {refresh}")
+        self.steps, self.lr, self.batch_size = int(steps), float(lr), int(batch_size)
+        self.hidden, self.refresh, self.score_blocks = int(hidden), int(refresh), int(score_blocks)
 
-    def generator_for(self, x: Tensor, seed: int) -> Tensor:
-        g0 = self.lattice.generator
-        if self.epochs <= 0 or x.shape[0] == 0 or float(x.abs().max()) == 0:
-            return g0
-        data = x / self.fit_scale(x, g0, seed)  # in units where G0's code fits the target
+    def _score(self, x: Tensor, g: Tensor, seed: int, near: float | None = None,
+               steps: int = 24) -> tuple[float, float]:
+        """``(squared error, zeta)`` of sending ``x`` with the stored ``g`` at the overload target."""
+        cond = torch.linalg.cond(g)
+        if not bool(torch.isfinite(cond)) or float(cond) > 1e6:
+            return math.inf, 1.0
+        zeta = self.scale_for(x, g, seed, near, steps)
+        return self.error(x, g, float(torch.tensor(zeta, dtype=torch.float32)), seed), zeta
+
+    def learn_generator(self, x: Tensor, zeta0: float, seed: int) -> Tensor:
+        """Train the generator network on blocks ``x / zeta0``; returns the best-scoring ``G``
+        (``G0`` when no candidate beats it on the scoring subset)."""
+        g0 = self.lattice.generator.float().double()
+        data = x / zeta0
         gen = torch.Generator().manual_seed(int(seed) + 1)
+        sub = x if x.shape[0] <= self.score_blocks else \
+            x[torch.randperm(x.shape[0], generator=gen)[: self.score_blocks]]
+        best = (self._score(sub, g0, seed, zeta0, 14)[0], g0)
         net = GeneratorNet(g0, self.hidden)
         with torch.no_grad():
             for p in net.net[0].parameters():
                 p.uniform_(-0.5, 0.5, generator=gen)
         opt = torch.optim.Adam(net.parameters(), lr=self.lr)
-        for _ in range(self.epochs):
-            perm = torch.randperm(data.shape[0], generator=gen)
-            for start in range(0, data.shape[0], self.batch_size):
-                xb = data[perm[start:start + self.batch_size]]  # (B, L)
-                g = net()
-                coords, centre = bounded_code(g.detach(), self.size)
-                words = coords.double() @ g  # (K, L), differentiable in G
-                u = torch.rand(xb.shape, generator=gen, dtype=torch.float64)
-                cell = Lattice("q", g.detach()).closest_coordinates(u @ g.detach())
-                d = (u - cell.double()) @ g  # dither uniform on the cell of G
-                y = xb + d
-                k = torch.cdist((y + centre).detach(), words.detach()).argmin(dim=1)  # stop-gradient
-                loss = (words[k] - centre - d - xb).pow(2).sum(dim=1).mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        g = net().detach()
-        cond = torch.linalg.cond(g)
-        return g if bool(torch.isfinite(cond)) and float(cond) < 1e6 else g0
+        order = torch.randperm(data.shape[0], generator=gen)
+        pos = 0
+        for step in range(self.steps + 1):
+            if step % self.refresh == 0 or step == self.steps:
+                if step > 0:
+                    cand = net.shape()
+                    err = self._score(sub, cand, seed, zeta0, 14)[0]
+                    if err < best[0]:
+                        best = (err, cand)
+                if step == self.steps:
+                    break
+                g_now = net().detach()
+                coords, centre = bounded_code(g_now, self.size)
+                frac = centre @ torch.linalg.inv(g_now)  # the centre in lattice coordinates
+                lat = Lattice("olala", g_now)
+            if pos + self.batch_size > data.shape[0]:
+                order, pos = torch.randperm(data.shape[0], generator=gen), 0
+            xb = data[order[pos:pos + self.batch_size]]  # (B, L)
+            pos += self.batch_size
+            g = net()
+            words = coords.double() @ g - frac @ g  # (K, L) codewords relative to the centre
+            u = torch.rand(xb.shape, generator=gen, dtype=torch.float64)
+            d = (u - lat.closest_coordinates(u @ g_now).double()) @ g  # uniform on the cell
+            k = torch.cdist((xb + d).detach(), words.detach()).argmin(dim=1)  # stop-gradient
+            loss = (words[k] - d - xb).pow(2).sum(dim=1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return best[1]
+
+    def generator_and_scale(self, x: Tensor, seed: int) -> tuple[Tensor, float, dict[str, float]]:
+        g0 = self.lattice.generator.float().double()  # as stored
+        err0, zeta0 = self._score(x, g0, seed)
+        if self.steps == 0 or x.shape[0] == 0 or float(x.abs().max()) == 0:
+            return g0, zeta0, {"learned": 0.0}
+        g = self.learn_generator(x, zeta0, seed)
+        err, zeta = self._score(x, g, seed) if not torch.equal(g, g0) else (err0, zeta0)
+        if not err < err0:
+            return g0, zeta0, {"learned": 0.0, "gain_db": 0.0}
+        return g, zeta, {"learned": 1.0, "gain_db": 10 * math.log10(err0 / err) if err > 0 else 0.0}
 
 
 COMPRESSORS: dict[str, type[Compressor]] = {
@@ -394,7 +417,7 @@ COMPRESSORS: dict[str, type[Compressor]] = {
 
 
 def build_compressor(name: str, rate: float = 2.0, **kwargs) -> Compressor:
-    """The compressor registered as ``name`` (``none``, ``uniform``, ``qsgd``, ``lattice``, ``olala``).
+    """The compressor named ``name`` (``none``, ``uniform``, ``qsgd``, ``lattice``, ``olala``).
 
     Keyword arguments a compressor does not take are ignored (one config serves all of them).
     """

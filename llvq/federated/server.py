@@ -16,13 +16,14 @@ __all__ = ["RoundSums", "receive"]
 class RoundSums:
     """Running sums of a round (all-reduced across ranks as one vector).
 
-    ``weighted`` is ``sum_u n_u h_u``; the rest are scalars.
+    ``weighted`` is ``sum_u n_u h_u``; the rest are scalars (``learned`` and ``gain_db`` sum
+    OLALa's client-side statistics: clients that sent a learned lattice and its gain over ``G0``).
     """
 
     weighted: Tensor
     stats: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ("weight", "answered", "dropped", "rejected", "bits", "blocks", "overloaded",
-         "signal", "noise"), 0.0))
+         "signal", "noise", "learned", "gain_db"), 0.0))
 
     def as_vector(self) -> Tensor:
         return torch.cat([self.weighted.double(), torch.tensor(list(self.stats.values()), dtype=torch.float64)])
@@ -55,6 +56,8 @@ def receive(sums: RoundSums, compressor: Compressor, payload: Payload, seed: int
     s["answered"] += 1
     s["blocks"] += payload.blocks
     s["overloaded"] += payload.overloaded
+    s["learned"] += float(payload.stats.get("learned", 0.0))
+    s["gain_db"] += float(payload.stats.get("gain_db", 0.0))
     if h_true is not None:
         s["signal"] += float(h_true.double().pow(2).sum())
         s["noise"] += float((h_hat - h_true.double()).pow(2).sum())

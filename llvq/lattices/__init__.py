@@ -10,6 +10,7 @@ Rows of a generator are basis vectors: lattice points are ``u @ G`` for integer 
 Nothing here knows about training; quantizers in :mod:`llvq.quantizers` compose it.
 """
 
+from llvq.lattices.codes import bounded_code
 from llvq.lattices.counting import (
                                     ball_volume,
                                     count_points,
@@ -31,6 +32,7 @@ __all__ = [
                                     "Lattice",
                                     "as_lattice",
                                     "ball_volume",
+                                    "bounded_code",
                                     "check_generator",
                                     "closest_coordinates",
                                     "closest_point",

@@ -53,8 +53,9 @@ class FederatedModule(L.LightningModule):
         rate: mean rate ``R`` in bits per coordinate.
         allocation: ``uniform`` (every client ``R``) or ``fpld`` (log-tilted water-filling by data size).
         lattice: lattice of ``lattice`` / starting lattice of ``olala``.
-        overload: target overload probability of the scale ``zeta``.
-        olala_epochs, olala_lr: online lattice learning.
+        overload: target overload probability of the scale ``zeta``; ``null``: the scale with the
+            least squared error on each update.
+        olala_steps, olala_lr: online lattice learning (Adam steps and step size per client and round).
         rounds: rounds per epoch (the length of the dataloader).
         local_epochs, local_steps, local_lr, batch_size: local SGD (``local_steps`` overrides epochs).
         server_lr: step size of the global update (1 = FedAvg).
@@ -68,8 +69,8 @@ class FederatedModule(L.LightningModule):
 
     def __init__(self, dataset: str = "digits", model: str = "cnn", num_clients: int = 10,
                  alpha: float | None = 1.0, compressor: str = "olala", rate: float = 2.0,
-                 allocation: str = "uniform", lattice: str = "A2", overload: float = 0.01,
-                 olala_epochs: int = 3, olala_lr: float = 1e-3, rounds: int = 50,
+                 allocation: str = "uniform", lattice: str = "A2", overload: float | None = 0.01,
+                 olala_steps: int = 100, olala_lr: float = 3e-3, rounds: int = 50,
                  local_epochs: int = 1, local_steps: int | None = None, local_lr: float = 0.1,
                  batch_size: int = 32, server_lr: float = 1.0, dropout: float = 0.0, seed: int = 0,
                  data_dir: str = "data", download: bool = False, plot_clients: int = 2,
@@ -90,7 +91,7 @@ class FederatedModule(L.LightningModule):
         self.net = build_model(model, tuple(x.shape[1:]), num_classes)
         self._scratch = [copy.deepcopy(self.net)]  # a list: not a submodule, not in DDP or checkpoints
         sizes = [len(idx) for idx in shares]
-        kwargs = {"lattice": lattice, "overload": overload, "epochs": olala_epochs, "lr": olala_lr}
+        kwargs = {"lattice": lattice, "overload": overload, "steps": olala_steps, "lr": olala_lr}
         probe = build_compressor(compressor, rate, **kwargs)
         numel = sum(p.numel() for p in self.net.parameters())
         self.rates = allocate_rates(rate, sizes, numel, getattr(probe, "block", 1), allocation)
@@ -181,6 +182,10 @@ class FederatedModule(L.LightningModule):
             "clients/answered": s["answered"], "clients/dropped": s["dropped"],
             "clients/rejected": s["rejected"], "round/skipped": float(skipped),
         }
+        if self.hparams.compressor == "olala":
+            answered = max(s["answered"], 1.0)
+            values["olala/learned"] = s["learned"] / answered  # share of clients sending a learned G
+            values["olala/gain_db"] = s["gain_db"] / answered  # mean gain over G0 on their update
         for k, v in values.items():
             self.log(k, v, on_step=True, prog_bar=k in ("test/acc", "quant/snr_db"), batch_size=1)
 
@@ -192,7 +197,7 @@ class FederatedModule(L.LightningModule):
             return
         import matplotlib
 
-        from llvq.federated.compressors import bounded_code
+        from llvq.lattices import bounded_code
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 

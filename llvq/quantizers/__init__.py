@@ -6,6 +6,7 @@
 
 # Importing a module registers its quantizers.
 from llvq.quantizers import (
+    bounded,  # noqa: F401
     glvq,  # noqa: F401
     identity,  # noqa: F401
     lattice,  # noqa: F401
@@ -14,10 +15,12 @@ from llvq.quantizers import (
     vq_ema,  # noqa: F401
 )
 from llvq.quantizers.base import Quantizer, QuantizerOutput, check_latents
+from llvq.quantizers.bounded import BoundedLatticeQuantizer
 from llvq.quantizers.registry import REGISTRY, build, list_quantizers, register
 
 __all__ = [
     "REGISTRY",
+    "BoundedLatticeQuantizer",
     "Quantizer",
     "QuantizerOutput",
     "build",

@@ -107,5 +107,10 @@ class Quantizer(nn.Module, ABC):
     def decode(self, codes: Tensor) -> Tensor:
         """Quantized vectors ``(..., d)`` from integer codes."""
 
+    def code_shape(self, lead: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of the codes of latents ``(*lead, d)``: ``(*lead, d)`` for lattice vectors,
+        ``lead`` for one index per vector; a product of finite codes overrides it."""
+        return (*lead, self.dim) if self.vector_codes else tuple(lead)
+
     def extra_repr(self) -> str:
         return f"dim={self.dim}"

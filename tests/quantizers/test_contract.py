@@ -25,8 +25,7 @@ def test_forward_shapes_and_codes(name: str, dim: int) -> None:
     out = q(z)
     assert isinstance(out, QuantizerOutput)
     assert out.z_q.shape == z.shape and out.z_q.dtype == z.dtype
-    expected = z.shape if q.vector_codes else z.shape[:-1]
-    assert out.codes.shape == expected
+    assert out.codes.shape == q.code_shape(tuple(z.shape[:-1]))
     if q.integer_codes:
         assert not out.codes.is_floating_point() and out.codes.dtype == torch.int64
     assert out.loss.ndim == 0 and torch.isfinite(out.loss)
