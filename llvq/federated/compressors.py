@@ -316,7 +316,8 @@ class OlalaCompressor(LatticeCompressor):
     Adam on mini-batches of the update's blocks (in units of ``zeta0``) for the MSE of the
     dithered bounded quantization, ``||w_k(G) - c(G) - d(G) - x||^2`` with the codeword choice
     ``k`` a stop-gradient and the dither reparametrised as ``d = (u - Q(u G)) G``. Every
-    ``refresh`` steps the code's membership is rebuilt for the current ``G`` and the candidate
+    ``refresh`` steps the code's membership is rebuilt for the current ``G``; every other time, and
+    at the end, the candidate
     (its shape at the volume of ``G0``, as stored) is scored by what the server will see: the
     client's actual squared error with ``zeta`` fitted for the overload target and the real
     dither. The best candidate is sent, ``G0`` included (``stats["learned"]`` says which), so a
@@ -328,7 +329,8 @@ class OlalaCompressor(LatticeCompressor):
         lr: learning rate of the generator network.
         batch_size: blocks per mini-batch.
         hidden: width of the generator network.
-        refresh: steps between rebuilding the code and scoring the current ``G``.
+        refresh: steps between rebuilding the code (the current ``G`` is scored every other
+            refresh and at the end).
         score_blocks: candidates are scored on at most this many blocks (a fixed random
             subset); the winner is checked against ``G0`` on all blocks.
     """
@@ -363,35 +365,39 @@ class OlalaCompressor(LatticeCompressor):
         gen = torch.Generator().manual_seed(int(seed) + 1)
         sub = x if x.shape[0] <= self.score_blocks else \
             x[torch.randperm(x.shape[0], generator=gen)[: self.score_blocks]]
-        best = (self._score(sub, g0, seed, zeta0, 14)[0], g0)
+        best = (self._score(sub, g0, seed, zeta0, 10)[0], g0)
         net = GeneratorNet(g0, self.hidden)
         with torch.no_grad():
             for p in net.net[0].parameters():
                 p.uniform_(-0.5, 0.5, generator=gen)
         opt = torch.optim.Adam(net.parameters(), lr=self.lr)
         order = torch.randperm(data.shape[0], generator=gen)
+        _, centre0 = bounded_code(g0, self.size)
+        frac = centre0 @ torch.linalg.inv(g0)  # the code's centre in lattice coordinates
         pos = 0
         for step in range(self.steps + 1):
             if step % self.refresh == 0 or step == self.steps:
-                if step > 0:
+                if step > 0 and (step % (2 * self.refresh) == 0 or step == self.steps):
                     cand = net.shape()
-                    err = self._score(sub, cand, seed, zeta0, 14)[0]
+                    err = self._score(sub, cand, seed, zeta0, 10)[0]
                     if err < best[0]:
                         best = (err, cand)
                 if step == self.steps:
                     break
+                # the code's membership for the current G (same centre, no search: cheap), and
+                # unit-cell dither offsets u - Q(u G) for the next `refresh` steps in one decoding
                 g_now = net().detach()
-                coords, centre = bounded_code(g_now, self.size)
-                frac = centre @ torch.linalg.inv(g_now)  # the centre in lattice coordinates
-                lat = Lattice("olala", g_now)
+                coords, _ = bounded_code(g_now, self.size, centre_frac=frac)
+                u = torch.rand(self.refresh, self.batch_size, g0.shape[0], generator=gen,
+                               dtype=torch.float64)
+                cells = u - Lattice("olala", g_now).closest_coordinates(u @ g_now).double()
             if pos + self.batch_size > data.shape[0]:
                 order, pos = torch.randperm(data.shape[0], generator=gen), 0
             xb = data[order[pos:pos + self.batch_size]]  # (B, L)
             pos += self.batch_size
             g = net()
             words = coords.double() @ g - frac @ g  # (K, L) codewords relative to the centre
-            u = torch.rand(xb.shape, generator=gen, dtype=torch.float64)
-            d = (u - lat.closest_coordinates(u @ g_now).double()) @ g  # uniform on the cell
+            d = cells[step % self.refresh, : xb.shape[0]] @ g  # dither uniform on the cell of G
             k = torch.cdist((xb + d).detach(), words.detach()).argmin(dim=1)  # stop-gradient
             loss = (words[k] - d - xb).pow(2).sum(dim=1).mean()
             opt.zero_grad()

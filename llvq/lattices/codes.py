@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -42,7 +43,7 @@ def _keys(u: Tensor, ref: Tensor) -> Tensor:
     return ((torch.minimum(torch.maximum(u, low), high) - low) * strides).sum(-1)
 
 
-def bounded_code(generator: Tensor, size: int) -> tuple[Tensor, Tensor]:
+def bounded_code(generator: Tensor, size: int, centre_frac: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The ``size`` lattice points nearest to the best centre: ``(coords (K, n) int64, centre (n,))``.
 
     Each candidate centre gives the code of its ``size`` nearest points (ties broken by
@@ -56,22 +57,25 @@ def bounded_code(generator: Tensor, size: int) -> tuple[Tensor, Tensor]:
     Args:
         generator: ``(n, n)`` generator, rows = basis.
         size: ``K`` >= 1 code points.
+        centre_frac: use this centre, given in lattice coordinates (``(n,)``, e.g. ``(1/2, 1/2)``),
+            instead of searching (not cached).
     """
     if size < 1:
         raise ValueError(f"a bounded code needs at least one point, got size={size}")
     g = generator.detach().double().cpu()
     key = (g.numpy().tobytes(), int(size))
-    if key in _CODE_CACHE:
+    if centre_frac is None and key in _CODE_CACHE:
         return _CODE_CACHE[key]
     n = g.shape[0]
     inv = torch.linalg.inv(g)
     lat = Lattice("code", g)
-    grid = _candidate_fractions(n)
+    grid = _candidate_fractions(n) if centre_frac is None else \
+        centre_frac.detach().double().cpu().view(1, n)
     vol = abs(float(torch.linalg.det(g)))
     r0 = (size * vol / (math.pi ** (n / 2) / math.gamma(n / 2 + 1))) ** (1 / n)
     probe = torch.randn(2048, n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     probe = probe * (r0 / 2.5)
-    best: tuple[tuple[float, float, float], Tensor, Tensor] | None = None
+    codes = []
     for frac in grid:
         centre = frac @ g
         radius = r0
@@ -82,13 +86,22 @@ def bounded_code(generator: Tensor, size: int) -> tuple[Tensor, Tensor]:
             radius *= 1.3
         coords = torch.round(pts @ inv).to(torch.int64)
         dist = (pts - centre).norm(dim=-1)
-        order = sorted(range(len(pts)), key=lambda i: (round(float(dist[i]), 9), *coords[i].tolist()))
-        chosen = coords[order[:size]]
-        near = lat.closest_coordinates(probe + centre)  # (S, n)
-        inside = torch.isin(_keys(near, chosen), _keys(chosen, chosen))
-        score = (round(1.0 - float(inside.double().mean()), 9),
-                 round(float(dist[order[size - 1]]), 9),
-                 float(dist[order[:size]].pow(2).mean()))
+        keys = [coords[:, j].numpy() for j in reversed(range(n))] + [np.round(dist.numpy(), 9)]
+        order = torch.from_numpy(np.lexsort(keys)[:size])  # by distance, then coordinates
+        codes.append((coords[order], centre, dist[order]))
+    if centre_frac is not None:
+        return codes[0][0], codes[0][1]
+    # one decoding of the probe around every candidate centre
+    near = lat.closest_coordinates((probe[None] + torch.stack([c for _, c, _ in codes])[:, None]).view(-1, n))
+    near = near.view(len(codes), probe.shape[0], n)
+    best: tuple[tuple[float, float, float], Tensor, Tensor] | None = None
+    for (chosen, centre, dist), hits in zip(codes, near, strict=True):
+        if size <= 256:
+            inside = (hits[:, None, :] == chosen[None]).all(-1).any(-1)
+        else:
+            inside = torch.isin(_keys(hits, chosen), _keys(chosen, chosen))
+        score = (round(1.0 - float(inside.double().mean()), 9), round(float(dist[-1]), 9),
+                 float(dist.pow(2).mean()))
         if best is None or score < best[0]:
             best = (score, chosen, centre)
     _CODE_CACHE[key] = (best[1], best[2])
