@@ -158,13 +158,18 @@ class LatticeParametrization(nn.Module):
         reflections: number of Householder vectors (default ``n`` rounded up to even).
         init: ``free`` only: ``"random"`` (a Gaussian lower-triangular start) or ``"splice"``.
         init_noise: scale of the random start of the fusion parameters (0 = exactly the splice).
+        rebase: fusion only: at every reduction, absorb ``Q`` into the base (``base <- LLL(Q
+            base)``) and restart ``Q`` at the identity. Without it the fusion is the paper's
+            ``Q B_splice``, whose Gram matrix keeps the splice's eigenvalues; with it each
+            reduction changes the basis, so the reachable lattices are no longer tied to them.
         seed: seed of the initial parameters.
     """
 
     def __init__(self, dim: int, method: str = "free", parts: Sequence[int | str] | None = None,
                  reflections: int | None = None, init: str = "random", init_noise: float = 1e-3,
-                 seed: int = 0) -> None:
+                 rebase: bool = False, seed: int = 0) -> None:
         super().__init__()
+        self.rebase = bool(rebase)
         check_design(dim, method, parts)
         if init not in ("random", "splice"):
             raise ValueError(f"lattice.init={init!r}: choose 'random' or 'splice'")
@@ -222,11 +227,22 @@ class LatticeParametrization(nn.Module):
 
     @torch.no_grad()
     def reduce_(self) -> None:
-        """``free``: replace the basis by its LLL reduction, re-triangularised (same lattice)."""
-        if self.method != "free":
-            return
-        reduced, _ = lll(self.forward().numpy())
-        self.weight.copy_(_lower_triangular(torch.from_numpy(reduced)))
+        """``free``: replace the basis by its LLL reduction, re-triangularised (same lattice).
+        Fusion with ``rebase``: ``base <- LLL(Q base)`` and ``Q <- I`` (same lattice)."""
+        if self.method == "free":
+            reduced, _ = lll(self.forward().numpy())
+            self.weight.copy_(_lower_triangular(torch.from_numpy(reduced)))
+        elif self.rebase and self.method in ("householder", "matrix_exp"):
+            reduced, _ = lll(self.forward().numpy())
+            self.base.copy_(torch.from_numpy(reduced))
+            if self.method == "matrix_exp":
+                self.skew.zero_()
+            else:
+                k = self.vectors.shape[0]
+                self.vectors[1::2] = self.vectors[0: k - k % 2: 2]  # equal pairs cancel
+                if k % 2:  # an odd reflection left over: fold it into the base
+                    v = self.vectors[-1] / self.vectors[-1].norm()
+                    self.base.copy_(self.base - 2.0 * v[:, None] * (v @ self.base)[None, :])
 
     @torch.no_grad()
     def normalize_(self) -> None:
@@ -304,8 +320,8 @@ def lr_at(step: int, lr: float, anneal: float) -> float:
 def design_lattice(dim: int, method: str = "free", steps: int = 2000, batch_size: int = 512,
                    lr: float = 0.5, anneal: float | None = None, momentum: float = 0.0,
                    reduce_every: int = 100, parts: Sequence[int | str] | None = None,
-                   reflections: int | None = None, init: str = "random", seed: int = 0,
-                   eval_samples: int = 100_000,
+                   reflections: int | None = None, init: str = "random", rebase: bool = False,
+                   seed: int = 0, eval_samples: int = 100_000,
                    callback: Callable[[int, float], None] | None = None) -> DesignResult:
     """Search a low-NSM lattice by SGD (outside Lightning; the module runs the same step).
 
@@ -317,8 +333,9 @@ def design_lattice(dim: int, method: str = "free", steps: int = 2000, batch_size
         lr: initial step size; annealed as ``lr / (1 + t / anneal)``.
         anneal: annealing time in steps (default ``steps / 10``).
         momentum: SGD momentum.
-        reduce_every: LLL-reduce the ``free`` basis every this many steps (0 = never).
-        parts, reflections, init: see :class:`LatticeParametrization`.
+        reduce_every: LLL-reduce the ``free`` basis (or rebase a fusion, with ``rebase``) every
+            this many steps (0 = never).
+        parts, reflections, init, rebase: see :class:`LatticeParametrization`.
         seed: seeds the initial parameters and the samples.
         eval_samples: samples of the final NSM estimate.
         callback: called as ``callback(step, batch_nsm)``.
@@ -326,7 +343,7 @@ def design_lattice(dim: int, method: str = "free", steps: int = 2000, batch_size
     import time
 
     t0 = time.perf_counter()
-    param = LatticeParametrization(dim, method, parts, reflections, init, seed=seed)
+    param = LatticeParametrization(dim, method, parts, reflections, init, rebase=rebase, seed=seed)
     step_fn = DesignStep(param, lr, anneal if anneal is not None else steps / 10, momentum,
                          reduce_every, seed)
     history = []

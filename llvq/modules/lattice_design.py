@@ -45,7 +45,10 @@ class LatticeDesignModule(L.LightningModule):
         batch_size: uniform samples per step.
         lr: initial SGD step size; ``anneal``: annealing time in steps (``<= 0``: constant).
         momentum: SGD momentum.
-        reduce_every: LLL-reduce the ``free`` basis every this many steps (0 = never).
+        reduce_every: LLL-reduce the ``free`` basis (or rebase a fusion, with ``rebase``) every
+            this many steps (0 = never).
+        rebase: fusion only: at each reduction, ``base <- LLL(Q base)`` and ``Q <- I``
+            (:class:`~llvq.lattices.design.LatticeParametrization`).
         seed: seeds the initial parameters and the samples.
         eval_samples: samples of the final NSM estimate (``fast_dev_run`` uses at most 2,000).
         steps_per_epoch: length of the dummy dataloader (one epoch).
@@ -55,7 +58,8 @@ class LatticeDesignModule(L.LightningModule):
     def __init__(self, dim: int, method: str = "householder", parts: Sequence[int | str] | None = None,
                  reflections: int | None = None, init: str = "random", batch_size: int = 1024,
                  lr: float = 0.5, anneal: float = 500.0, momentum: float = 0.0,
-                 reduce_every: int = 100, seed: int = 0, eval_samples: int = 200_000,
+                 reduce_every: int = 100, rebase: bool = False, seed: int = 0,
+                 eval_samples: int = 200_000,
                  steps_per_epoch: int = 1000, output_dir: str | None = None) -> None:
         super().__init__()
         for key, value, low in (("batch_size", batch_size, 1), ("eval_samples", eval_samples, 2),
@@ -67,7 +71,8 @@ class LatticeDesignModule(L.LightningModule):
         parts = list(parts) if parts is not None else None
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.lattice = LatticeParametrization(dim, method, parts, reflections, init, seed=seed)
+        self.lattice = LatticeParametrization(dim, method, parts, reflections, init, rebase=rebase,
+                                              seed=seed)
         self.final: dict[str, Any] = {}
 
     def train_dataloader(self) -> list[int]:

@@ -12,7 +12,7 @@ from tests.data.test_torchvision_data import write_cifar10, write_mnist
 
 def test_mnist_reads_idx_files(tmp_path) -> None:
     write_mnist(tmp_path, "MNIST", n_train=40, n_test=12)
-    x, y, x_test, y_test = load_federated_data("mnist", str(tmp_path))
+    x, y, x_test, _ = load_federated_data("mnist", str(tmp_path))
     assert x.shape == (40, 1, 28, 28) and x_test.shape == (12, 1, 28, 28)
     assert x.dtype == torch.float32 and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
     assert y.tolist() == [i % 10 for i in range(40)] and y.dtype == torch.int64
@@ -20,7 +20,7 @@ def test_mnist_reads_idx_files(tmp_path) -> None:
 
 def test_cifar10_reads_python_batches(tmp_path, monkeypatch) -> None:
     write_cifar10(tmp_path, monkeypatch, per_batch=6)
-    x, y, x_test, y_test = load_federated_data("cifar10", str(tmp_path))
+    x, _, x_test, y_test = load_federated_data("cifar10", str(tmp_path))
     assert x.shape == (30, 3, 32, 32) and x_test.shape == (6, 3, 32, 32)
     assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
     assert y_test.tolist() == [i % 10 for i in range(6)]

@@ -104,6 +104,23 @@ def test_reduction_keeps_the_lattice() -> None:
     assert shortest[1] <= shortest[0] + 1e-12  # LLL's first vector is no longer than before
 
 
+@pytest.mark.parametrize("method", ["householder", "matrix_exp"])
+def test_rebase_keeps_the_lattice_and_restarts_q(method: str) -> None:
+    p = LatticeParametrization(6, method, parts=[4, 2], rebase=True, seed=3)
+    with torch.no_grad():
+        for t in p.parameters():
+            t.add_(0.3 * torch.randn(t.shape, generator=torch.Generator().manual_seed(4),
+                                     dtype=torch.float64))
+    before = p().detach()
+    p.reduce_()
+    after = p().detach()
+    torch.testing.assert_close(p.orthogonal().detach(), torch.eye(6, dtype=torch.float64))
+    # the same lattice: before = U after for a unimodular U
+    u = before @ torch.linalg.inv(after)
+    torch.testing.assert_close(u, u.round(), atol=1e-8, rtol=0)
+    assert abs(abs(float(torch.linalg.det(u.round()))) - 1) < 1e-9
+
+
 def test_dim2_random_start_reaches_hexagonal() -> None:
     r = design_lattice(2, "free", steps=600, batch_size=512, lr=1.0, anneal=100, seed=0,
                        eval_samples=200_000)
