@@ -43,7 +43,8 @@ def _final_weights(tmp_path: Path, devices: list[str]) -> dict[str, torch.Tensor
     tmp_path.mkdir(parents=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(ROOT / "train.py"), "experiment=olala_digits", *devices,
-           "model.model=linear", "model.rounds=2", "model.local_steps=3", "model.compressor=lattice",
+           "model.model=linear", "model.rounds=2", "model.local_steps=3", "model.compressor=olala",
+           "model.olala_steps=20",
            "model.dropout=0.2", "logger=csv", "callbacks=default", "~callbacks.rich_progress_bar",
            "~callbacks.model_summary", "~callbacks.codebook_utilization", "~callbacks.reconstruction_grid",
            "~callbacks.lattice_view", f"paths.log_dir={tmp_path}", f"paths.output_dir={tmp_path / 'out'}",
