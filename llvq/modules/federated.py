@@ -11,6 +11,11 @@ weights, compresses its update ``h = w_client - w_global`` at its rate ``R_u``
 (client ``u`` on rank ``u mod world``) and the weighted sums are all-reduced, so the global
 model does not depend on the number of processes. The server applies the average through a
 plain SGD optimizer with ``lr = server_lr`` (1: FedAvg), so ``global_step`` counts rounds.
+
+Each round is also one epoch (a one-item dataloader; ``experiment=olala_digits`` sets
+``trainer.max_epochs`` to ``model.rounds``), so the checkpoint written after every round is an
+epoch-end checkpoint and a stopped or crashed run resumes at the next round with
+``ckpt_path=<run>/checkpoints/last.ckpt``.
 """
 
 from __future__ import annotations
@@ -56,7 +61,8 @@ class FederatedModule(L.LightningModule):
         overload: target overload probability of the scale ``zeta``; ``null``: the scale with the
             least squared error on each update.
         olala_steps, olala_lr: online lattice learning (Adam steps and step size per client and round).
-        rounds: rounds per epoch (the length of the dataloader).
+        rounds: number of rounds; one round per epoch, so the trainer's ``max_epochs`` decides
+            (``experiment=olala_digits`` sets it to ``rounds``; a mismatch is logged).
         local_epochs, local_steps, local_lr, batch_size: local SGD (``local_steps`` overrides epochs).
         server_lr: step size of the global update (1 = FedAvg).
         dropout: probability that a client does not answer in a round.
@@ -102,8 +108,15 @@ class FederatedModule(L.LightningModule):
         return self.net(x)
 
     def train_dataloader(self) -> list[int]:
-        """Round indices; clients draw their own batches."""
-        return list(range(self.hparams.rounds))
+        """One item per epoch: an epoch is one round (clients draw their own batches)."""
+        return [0]
+
+    def on_fit_start(self) -> None:
+        max_epochs = self.trainer.max_epochs
+        if max_epochs not in (None, -1, self.hparams.rounds) and not self.trainer.fast_dev_run:
+            log.warning("one federated round is one epoch: trainer.max_epochs=%s rounds will run, "
+                        "not model.rounds=%d (experiment=olala_digits ties the two)", max_epochs,
+                        self.hparams.rounds)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.net.parameters(), lr=self.hparams.server_lr)

@@ -73,3 +73,29 @@ def test_fpld_rates_follow_client_sizes_and_are_what_is_sent() -> None:
     assert sum(r * numel for r in module.rates) <= 2.0 * numel * 4  # within the total budget
     _, s = module.run_round(0)
     assert s["bits"] == sum(int(r * 2) * blocks + 32 for r in module.rates)
+
+
+def test_resumed_run_continues_at_the_next_round(compose_cfg, tmp_path: Path) -> None:
+    """4 rounds in one go == 2 rounds, stop, resume from last.ckpt for the other 2."""
+    common = ["experiment=olala_digits", "model.model=linear", "model.rounds=4", "model.local_steps=2",
+              "model.compressor=olala", "model.olala_steps=10", "logger=csv", "callbacks=default",
+              "~callbacks.rich_progress_bar", "~callbacks.model_summary",
+              "~callbacks.codebook_utilization", "~callbacks.reconstruction_grid", "~callbacks.lattice_view"]
+
+    def final(cfg) -> dict:
+        run(cfg)
+        return torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
+
+    straight = compose_cfg(*common)
+    straight.paths.output_dir = str(tmp_path / "straight")
+    ref = final(straight)
+    stopped = compose_cfg(*common, "trainer.max_epochs=2")
+    stopped.paths.output_dir = str(tmp_path / "stopped")
+    half = final(stopped)
+    assert half["global_step"] == 2
+    resumed = compose_cfg(*common, f"ckpt_path={tmp_path / 'stopped' / 'checkpoints' / 'last.ckpt'}")
+    resumed.paths.output_dir = str(tmp_path / "resumed")
+    state = final(resumed)
+    assert state["global_step"] == ref["global_step"] == 4
+    for key, value in ref["state_dict"].items():
+        torch.testing.assert_close(state["state_dict"][key], value)
