@@ -79,6 +79,22 @@ def one_run(alpha: float, rate: int, variant: str, args: argparse.Namespace) -> 
     return row
 
 
+def pivot(rows: list[dict], key: str = "test_acc_last5") -> str:
+    """One markdown table per alpha: rows R, columns the variants (``key`` in each cell)."""
+    out = []
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    for alpha in sorted({r["alpha"] for r in rows}):
+        cells = {(r["rate"], r["variant"]): r for r in rows if r["alpha"] == alpha}
+        none = next((r for r in rows if r["alpha"] == alpha and r["variant"] == "none"), None)
+        table = []
+        for rate in sorted({r["rate"] for r in rows}):
+            table.append({"R": rate, **{v: f"{cells[(rate, v)][key]:.3f}" for v in variants
+                                        if v != "none" and (rate, v) in cells}})
+        head = f"alpha = {alpha}" + (f" (none: {none[key]:.3f})" if none else "")
+        out.append(head + "\n\n" + markdown_table(table, ["R", *[v for v in variants if v != "none"]]))
+    return "\n\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=30)
@@ -91,7 +107,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (one thread each)")
     parser.add_argument("--name", default="federated", help="result file bench/results/<name>.json")
+    parser.add_argument("--report", metavar="JSON", help="print the tables of a result file and exit")
     args = parser.parse_args()
+    if args.report:
+        import json
+        from pathlib import Path
+
+        rows = json.loads(Path(args.report).read_text())["rows"]
+        print(pivot(rows))
+        print("\nmean SNR of the averaged updates (dB):\n")
+        print(pivot(rows, "mean_snr_db"))
+        return
     for v in args.variants:
         parse_variant(v)  # fail early on a typo
     grid = [(alpha, rate, v) for alpha in args.alphas for rate in args.rates for v in args.variants
@@ -105,6 +131,7 @@ def main() -> None:
     cols = ["alpha", "rate", "variant", "test_acc", "test_acc_last5", "total_bits", "mean_snr_db",
             "overload_rate", "learned_share", "gain_db", "seconds"]
     print(markdown_table(rows, cols))
+    print(pivot(rows))
     path = write_result(args.name, {"config": vars(args), "wall_seconds": time.time() - start, "rows": rows})
     print(f"wrote {path}")
 
