@@ -8,8 +8,8 @@ coordinate, linear model, 3 local epochs at lr 0.3 per round (30 rounds: within 
 of the 60-round accuracy without compression). Variants (``name@overload``; ``@mse`` is the
 least-error scale instead of an overload target):
 
-    none, qsgd, uniform@0.01, uniform@mse, lattice@0.01 (A2), lattice@mse,
-    olala@0, olala@0.005, olala@0.01, olala@0.1, olala@mse
+    none, qsgd, uniform@{0, 0.005, 0.01, mse}, lattice@{0, 0.005, 0.01, mse} (A2),
+    olala@{0, 0.005, 0.01, 0.1, mse}
 
 Reported per run: the test accuracy after the last round and averaged over the last 5 rounds,
 the accuracy every 5 rounds, total bits sent, the mean SNR of the averaged updates, the
@@ -29,7 +29,8 @@ from _report import markdown_table, write_result
 
 from llvq.modules import FederatedModule
 
-VARIANTS = ["none", "qsgd", "uniform@0.01", "uniform@mse", "lattice@0.01", "lattice@mse",
+VARIANTS = ["none", "qsgd", "uniform@0", "uniform@0.005", "uniform@0.01", "uniform@mse",
+            "lattice@0", "lattice@0.005", "lattice@0.01", "lattice@mse",
             "olala@0", "olala@0.005", "olala@0.01", "olala@0.1", "olala@mse"]
 
 
@@ -90,7 +91,7 @@ def pivot(rows: list[dict], key: str = "test_acc_last5") -> str:
         for rate in sorted({r["rate"] for r in rows}):
             table.append({"R": rate, **{v: f"{cells[(rate, v)][key]:.3f}" for v in variants
                                         if v != "none" and (rate, v) in cells}})
-        head = f"alpha = {alpha}" + (f" (none: {none[key]:.3f})" if none else "")
+        head = f"alpha = {alpha}" + (f" (none: {none[key]:.3f})" if none and none[key] is not None else "")
         out.append(head + "\n\n" + markdown_table(table, ["R", *[v for v in variants if v != "none"]]))
     return "\n\n".join(out)
 
@@ -107,13 +108,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (one thread each)")
     parser.add_argument("--name", default="federated", help="result file bench/results/<name>.json")
-    parser.add_argument("--report", metavar="JSON", help="print the tables of a result file and exit")
+    parser.add_argument("--report", metavar="JSON", nargs="+",
+                        help="print the tables of result files (rows merged) and exit")
     args = parser.parse_args()
     if args.report:
         import json
         from pathlib import Path
 
-        rows = json.loads(Path(args.report).read_text())["rows"]
+        rows = [r for f in args.report for r in json.loads(Path(f).read_text())["rows"]]
+        order = {v: i for i, v in enumerate(VARIANTS)}
+        rows.sort(key=lambda r: order.get(r["variant"], len(order)))
         print(pivot(rows))
         print("\nmean SNR of the averaged updates (dB):\n")
         print(pivot(rows, "mean_snr_db"))
