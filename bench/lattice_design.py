@@ -37,7 +37,8 @@ METHODS = ("householder", "matrix_exp")
 
 
 def bench_dim(dim: int, steps: int, batch: int, lr: float, eval_samples: int, seed: int,
-              methods: tuple[str, ...] = METHODS, rebase: bool = False) -> dict:
+              methods: tuple[str, ...] = METHODS, rebase: bool = False,
+              anneal: float | None = None) -> dict:
     parts = auto_parts(dim)
     t0 = time.perf_counter()
     splice, splice_se = precise_nsm(splice_generator(parts), eval_samples, seed=seed + 1_000_003)
@@ -46,7 +47,8 @@ def bench_dim(dim: int, steps: int, batch: int, lr: float, eval_samples: int, se
            "splice": splice, "splice_se": splice_se, "splice_s": time.perf_counter() - t0,
            "best_known": best}
     for m in methods:
-        r = design_lattice(dim, m, steps=steps, batch_size=batch, lr=lr, anneal=steps / 2,
+        r = design_lattice(dim, m, steps=steps, batch_size=batch, lr=lr,
+                           anneal=steps / 2 if anneal is None else anneal,
                            rebase=rebase, seed=seed, eval_samples=eval_samples)
         row.update({m: r.nsm, f"{m}_se": r.se, f"{m}_s": r.seconds,
                     f"{m}_gap_pct": 100 * (r.nsm / best - 1),
@@ -65,6 +67,8 @@ def main() -> None:
     ap.add_argument("--eval-samples", type=int, default=40_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    ap.add_argument("--anneal", type=float, default=None,
+                    help="step size lr / (1 + t / anneal); default steps / 2")
     ap.add_argument("--rebase", action="store_true",
                     help="fusion: every 100 steps base <- LLL(Q base), Q <- I")
     ap.add_argument("--name", default="lattice_design",
@@ -76,7 +80,7 @@ def main() -> None:
     rows = []
     for dim in [*args.check_dims, *args.dims]:
         row = bench_dim(dim, args.steps, args.batch, args.lr, args.eval_samples, args.seed, methods,
-                        args.rebase)
+                        args.rebase, args.anneal)
         rows.append(row)
         fused = "  ".join(f"{m} {row[m]:.6f} ({row[m + '_gap_pct']:+.2f} %, {row[m + '_s']:.0f} s)"
                           for m in methods)
