@@ -180,10 +180,6 @@ class LatticeCompressor(Compressor):
             raise ValueError(f"model.overload must be in [0, 1) or null (least-error scale), "
                              f"got {overload}")
         base = get_lattice(lattice)
-        index_bits = self.rate * base.dim
-        if abs(index_bits - round(index_bits)) > 1e-9 or round(index_bits) < 1:
-            raise ValueError(f"rate {rate} x lattice dimension {base.dim} must be a whole number "
-                             f">= 1 of index bits; change model.rate or model.lattice")
         self.quantizer: BoundedLatticeQuantizer = build(
             "bounded_lattice", dim=base.dim, lattice=lattice, rate=self.rate, dither=self.dither).eval()
         self.lattice = base

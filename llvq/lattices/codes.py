@@ -18,7 +18,7 @@ from torch import Tensor
 from llvq.lattices.counting import enumerate_points
 from llvq.lattices.lattice import Lattice
 
-__all__ = ["bounded_code"]
+__all__ = ["CodeIndex", "bounded_code"]
 
 _CODE_CACHE: dict[tuple[bytes, int], tuple[Tensor, Tensor]] = {}
 _CACHE_SIZE = 256
@@ -34,13 +34,29 @@ def _candidate_fractions(n: int) -> Tensor:
     return torch.cat([fracs[:, None] * ones, 0.5 * torch.eye(n, dtype=torch.float64)])
 
 
-def _keys(u: Tensor, ref: Tensor) -> Tensor:
-    """One int64 key per row of ``u`` (equal rows, equal keys; rows far outside ``ref``'s box
-    are clamped to its border plus one, which no row of ``ref`` has)."""
-    low, high = ref.min(0).values - 1, ref.max(0).values + 1
-    span = high - low + 1
-    strides = torch.cumprod(torch.cat([span.new_ones(1), span[:-1]]), 0)
-    return ((torch.minimum(torch.maximum(u, low), high) - low) * strides).sum(-1)
+class CodeIndex:
+    """Maps integer lattice coordinates ``(..., n)`` to their index in a code, ``-1`` when not in it.
+
+    Each row is keyed by its mixed-radix position in the code's bounding box grown by one on
+    every side (rows outside are clamped onto that border, where no code point lies); the
+    sorted keys of the code are searched.
+    """
+
+    def __init__(self, coords: Tensor) -> None:
+        self.low, self.high = coords.min(0).values - 1, coords.max(0).values + 1
+        span = self.high - self.low + 1
+        self.strides = torch.cumprod(torch.cat([span.new_ones(1), span[:-1]]), 0)
+        self.keys, self.order = torch.sort(self._key(coords))
+
+    def _key(self, u: Tensor) -> Tensor:
+        low, high, strides = (t.to(u.device) for t in (self.low, self.high, self.strides))
+        return ((torch.minimum(torch.maximum(u, low), high) - low) * strides).sum(-1)
+
+    def __call__(self, u: Tensor) -> Tensor:
+        keys, order = self.keys.to(u.device), self.order.to(u.device)
+        k = self._key(u)
+        pos = torch.searchsorted(keys, k).clamp_max(keys.numel() - 1)
+        return torch.where(keys[pos] == k, order[pos], torch.full_like(k, -1))
 
 
 def bounded_code(generator: Tensor, size: int, centre_frac: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -96,10 +112,7 @@ def bounded_code(generator: Tensor, size: int, centre_frac: Tensor | None = None
     near = near.view(len(codes), probe.shape[0], n)
     best: tuple[tuple[float, float, float], Tensor, Tensor] | None = None
     for (chosen, centre, dist), hits in zip(codes, near, strict=True):
-        if size <= 256:
-            inside = (hits[:, None, :] == chosen[None]).all(-1).any(-1)
-        else:
-            inside = torch.isin(_keys(hits, chosen), _keys(chosen, chosen))
+        inside = CodeIndex(chosen)(hits) >= 0
         score = (round(1.0 - float(inside.double().mean()), 9), round(float(dist[-1]), 9),
                  float(dist.pow(2).mean()))
         if best is None or score < best[0]:

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from llvq.lattices import Lattice, bounded_code, get_lattice, load_lattice, sample_dither
+from llvq.lattices.codes import CodeIndex
 from llvq.quantizers.base import Quantizer, QuantizerOutput
 from llvq.quantizers.registry import register
 
@@ -92,7 +93,7 @@ class BoundedLatticeQuantizer(Quantizer):
         self.register_buffer("generator", base.generator.double().clone())
         self.register_buffer("scale", torch.tensor(float(scale), dtype=torch.float64))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
-        self._table: tuple[bytes, Tensor, Tensor, Tensor] | None = None
+        self._index: tuple[bytes, CodeIndex] | None = None
 
     def code_shape(self, lead: tuple[int, ...]) -> tuple[int, ...]:
         return (*lead, self.blocks)
@@ -117,19 +118,12 @@ class BoundedLatticeQuantizer(Quantizer):
         coords, centre = bounded_code(self.generator, self.codebook_size)
         return coords.to(self.generator.device), centre.to(self.generator.device)
 
-    def _lookup(self) -> tuple[Tensor, Tensor, Tensor]:
-        """``(low (n,), strides (n,), table)``: dense map from a lattice coordinate in the code's
-        bounding box to its index (-1 outside the code)."""
+    def _code_index(self) -> CodeIndex:
+        """Coordinates -> code index (-1 outside) for the current generator (kept until it changes)."""
         key = self.generator.cpu().numpy().tobytes()
-        if self._table is None or self._table[0] != key:
-            coords, _ = bounded_code(self.generator, self.codebook_size)
-            low = coords.min(0).values
-            span = coords.max(0).values - low + 1
-            strides = torch.cumprod(torch.cat([span.new_ones(1), span[:-1]]), 0)
-            table = torch.full((int(span.prod()),), -1, dtype=torch.int64)
-            table[((coords - low) * strides).sum(1)] = torch.arange(len(coords))
-            self._table = (key, low, strides, table)
-        return self._table[1:]
+        if self._index is None or self._index[0] != key:
+            self._index = (key, CodeIndex(bounded_code(self.generator, self.codebook_size)[0]))
+        return self._index[1]
 
     def sample_dither(self, lead: tuple[int, ...], seed: int | None = None) -> Tensor:
         """Dither ``(*lead, m, n)`` uniform over the Voronoi cell (float64) for ``seed``
@@ -152,15 +146,8 @@ class BoundedLatticeQuantizer(Quantizer):
             x = x + (self.sample_dither(tuple(z.shape[:-1])) if dither is None else dither)
         y = (x + centre).reshape(-1, self.n)
         u = self.lattice().closest_coordinates(y)  # (N, n)
-        low, strides, table = (t.to(y.device) for t in self._lookup())
-        rel = u - low
-        inside = ((rel >= 0) & (rel * strides < table.numel())).all(1)
-        flat = (rel.clamp_min(0) * strides).sum(1).clamp_max(table.numel() - 1)
-        idx = torch.where(inside, table[flat], torch.full_like(flat, -1))
-        # the box test is loose (the code is not a box): confirm the coordinates match
-        ok = idx >= 0
-        ok[ok.clone()] = (coords[idx[ok]] == u[ok]).all(1)
-        over = ~ok
+        idx = self._code_index()(u)
+        over = idx < 0
         if bool(over.any()):
             words = coords.double() @ self.generator
             far = y[over]
