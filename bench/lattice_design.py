@@ -29,6 +29,7 @@ from llvq.lattices.design import (
     auto_parts,
     design_lattice,
     precise_nsm,
+    save_designed,
     splice_generator,
 )
 from llvq.lattices.generators import BEST_KNOWN
@@ -38,18 +39,24 @@ METHODS = ("householder", "matrix_exp")
 
 def bench_dim(dim: int, steps: int, batch: int, lr: float, eval_samples: int, seed: int,
               methods: tuple[str, ...] = METHODS, rebase: bool = False,
-              anneal: float | None = None) -> dict:
-    parts = auto_parts(dim)
+              anneal: float | None = None, save: Path | None = None,
+              parts: list[str] | None = None) -> dict:
+    parts = [int(p) if p.isdigit() else p for p in parts] if parts else list(auto_parts(dim))
     t0 = time.perf_counter()
     splice, splice_se = precise_nsm(splice_generator(parts), eval_samples, seed=seed + 1_000_003)
     best = REFERENCE_NSM[dim]
-    row = {"dim": dim, "parts": " + ".join(BEST_KNOWN[p] for p in parts),
+    row = {"dim": dim, "parts": " + ".join(BEST_KNOWN[p] if isinstance(p, int) else p
+                                           for p in parts),
            "splice": splice, "splice_se": splice_se, "splice_s": time.perf_counter() - t0,
            "best_known": best}
     for m in methods:
-        r = design_lattice(dim, m, steps=steps, batch_size=batch, lr=lr,
+        r = design_lattice(dim, m, steps=steps, batch_size=batch, lr=lr, parts=parts,
                            anneal=steps / 2 if anneal is None else anneal,
                            rebase=rebase, seed=seed, eval_samples=eval_samples)
+        if save is not None:
+            save_designed(save / f"lattice_dim{dim}_{m}.safetensors", r.generator, nsm=r.nsm,
+                          se=r.se, method=m, dim=dim, seed=seed, parts=parts, steps=steps,
+                          samples=eval_samples, rebase=rebase, lr=lr)
         row.update({m: r.nsm, f"{m}_se": r.se, f"{m}_s": r.seconds,
                     f"{m}_gap_pct": 100 * (r.nsm / best - 1),
                     f"{m}_beats_splice": bool(splice - r.nsm > 3 * math.hypot(splice_se, r.se))})
@@ -71,21 +78,32 @@ def main() -> None:
                     help="step size lr / (1 + t / anneal); default steps / 2")
     ap.add_argument("--rebase", action="store_true",
                     help="fusion: every 100 steps base <- LLL(Q base), Q <- I")
+    ap.add_argument("--parts", nargs="+", default=None,
+                    help="spliced lattices (dimensions or names, e.g. Lambda16 E6); one --dims "
+                         "only; default: the best split of each dimension")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="threads of the exact decoder (rows of a batch split over them)")
+    ap.add_argument("--save", type=Path, default=None,
+                    help="also write each designed generator to DIR/lattice_dim<n>_<method>"
+                         ".safetensors (loads with model/quantizer=lattice)")
     ap.add_argument("--name", default="lattice_design",
                     help="result file bench/results/<name>.json (written after every dimension)")
     args = ap.parse_args()
     methods = tuple(args.methods)
-    torch.set_num_threads(1)
+    if args.parts and len(args.dims) + len(args.check_dims) != 1:
+        ap.error("--parts needs exactly one dimension (--dims N --check-dims)")
+    torch.set_num_threads(args.threads)
 
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     rows = []
     for dim in [*args.check_dims, *args.dims]:
         row = bench_dim(dim, args.steps, args.batch, args.lr, args.eval_samples, args.seed, methods,
-                        args.rebase, args.anneal)
+                        args.rebase, args.anneal, args.save, args.parts)
         rows.append(row)
         fused = "  ".join(f"{m} {row[m]:.6f} ({row[m + '_gap_pct']:+.2f} %, {row[m + '_s']:.0f} s)"
                           for m in methods)
         print(f"dim {dim}: splice {row['splice']:.6f}  {fused}  best {row['best_known']:.6f}", flush=True)
-        write_result(args.name, {"settings": vars(args), "rows": rows})  # partial results survive
+        write_result(args.name, {"settings": settings, "rows": rows})  # partial results survive
 
     table = [{"n": r["dim"], "parts": r["parts"], "best known": f"{r['best_known']:.6f}",
               "splice": f"{r['splice']:.6f} ± {r['splice_se']:.1e}",
@@ -99,7 +117,7 @@ def main() -> None:
                "gap % (splice / " + " / ".join(methods) + ")", "time s"]
     print(markdown_table(table, columns))
     print("* = below the splice by more than 3 combined standard errors")
-    path = write_result(args.name, {"settings": vars(args), "rows": rows})
+    path = write_result(args.name, {"settings": settings, "rows": rows})
     print(f"wrote {path}")
 
 

@@ -74,7 +74,15 @@ void se_decode(int n, long num, const double *zs, const double *up, const double
 """
 _KERNEL: list = []  # [ctypes function or None], filled on first use
 _LOCK = threading.Lock()
-_PARALLEL_MIN = 4096  # rows per call below which the kernel runs on the calling thread only
+_POOL: list[ThreadPoolExecutor] = []
+_PARALLEL_MIN = 2048  # rows per thread in dimension <= 8; fewer above (the search grows ~2^(n/2))
+
+
+def min_rows_per_thread(n: int) -> int:
+    """Rows a thread must get before splitting pays for the pool: 2048 up to dimension 8,
+    halved every two dimensions above (the Schnorr–Euchner search costs ~2^(n/2) per point), at
+    least 32 (dimension 22: 32 rows, ~2 ms of search)."""
+    return max(32, _PARALLEL_MIN >> max(0, (n - 8) // 2))
 
 
 def cache_dir() -> Path:
@@ -136,6 +144,18 @@ def kernel() -> Callable | None:
     return _KERNEL[0]
 
 
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """A process-wide pool of at least ``threads`` workers (starting one per call costs more
+    than a small batch of searches)."""
+    with _LOCK:
+        if _POOL and _POOL[0]._max_workers >= threads:
+            return _POOL[0]
+        if _POOL:
+            _POOL.pop().shutdown(wait=False)
+        _POOL.append(ThreadPoolExecutor(threads, thread_name_prefix="llvq-decode"))
+        return _POOL[0]
+
+
 def decode(z: np.ndarray, upper: np.ndarray, d2: np.ndarray, threads: int = 1) -> np.ndarray | None:
     """Integer coordinates (float64 ``(N, n)``) of the closest point for scaled targets ``z``.
 
@@ -143,8 +163,8 @@ def decode(z: np.ndarray, upper: np.ndarray, d2: np.ndarray, threads: int = 1) -
         z: ``(N, n)`` rotated targets divided by ``diag R``.
         upper: ``(n, n)`` strictly upper ``R_kj / R_kk``.
         d2: ``(n,)`` ``R_kk^2``.
-        threads: split the rows over this many threads (ctypes releases the GIL) when
-            there are at least a few thousand of them.
+        threads: split the rows over this many threads (ctypes releases the GIL), each
+            getting at least :func:`min_rows_per_thread` rows.
 
     Returns:
         The coordinates, or ``None`` if the kernel is unavailable or ``n > MAX_DIM``.
@@ -163,11 +183,10 @@ def decode(z: np.ndarray, upper: np.ndarray, d2: np.ndarray, threads: int = 1) -
     def run(s: int, e: int) -> None:
         fn(n, e - s, z[s:].ctypes.data, up.ctypes.data, d2.ctypes.data, out[s:].ctypes.data)
 
-    threads = max(1, min(threads, num // (_PARALLEL_MIN // 2)))
+    threads = max(1, min(threads, num // min_rows_per_thread(n)))
     if threads == 1:
         run(0, num)
     else:
         bounds = np.linspace(0, num, threads + 1).astype(int)
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(run, bounds[:-1], bounds[1:]))
+        list(_pool(threads).map(run, bounds[:-1], bounds[1:]))
     return out

@@ -47,6 +47,23 @@ def test_threads_and_dtype(monkeypatch) -> None:
     assert torch.equal(y1, get_lattice("E8").closest_point(x))  # Conway–Sloane decoder
 
 
+@needs_cc
+def test_small_batches_split_in_high_dimension(monkeypatch) -> None:
+    """Above dimension 8 fewer rows per thread are needed (the search costs more per point):
+    256 rows in dimension 20 run on 4 threads of the shared pool with the single-thread answer."""
+    assert _ckernel.min_rows_per_thread(8) == 2048 and _ckernel.min_rows_per_thread(20) == 32
+    assert _ckernel.min_rows_per_thread(24) == 32 and _ckernel.min_rows_per_thread(12) == 512
+    g = get_lattice("Lambda16").generator
+    g20 = torch.block_diag(g, get_lattice("D4").generator)
+    x = _points(20, 256, 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    y1 = closest_point(g20, x, "exact")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    y4 = closest_point(g20, x, "exact")
+    assert torch.equal(y1, y4)
+    assert _ckernel._POOL and _ckernel._POOL[0]._max_workers >= 4
+
+
 def test_decode_returns_none_when_disabled(monkeypatch) -> None:
     monkeypatch.setattr(_ckernel, "_KERNEL", [None])
     basis = sphere.prepare(get_lattice("E6").generator)
