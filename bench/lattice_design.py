@@ -14,6 +14,7 @@ Writes bench/results/lattice_design.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import time
@@ -37,6 +38,31 @@ from llvq.lattices.generators import BEST_KNOWN
 METHODS = ("householder", "matrix_exp")
 
 
+@contextlib.contextmanager
+def progress(total: int, desc: str):
+    """A callback ``(step, batch_nsm)`` that drives a tqdm bar (running mean of the last 100
+    batch estimates); a no-op without tqdm."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        yield lambda step, value: None
+        return
+    bar = tqdm(total=total, desc=desc, unit="step", leave=False, mininterval=5, file=sys.stderr)
+    recent: list[float] = []
+
+    def update(step: int, value: float) -> None:
+        recent.append(value)
+        del recent[:-100]
+        bar.update(1)
+        if step % 100 == 99:
+            bar.set_postfix(nsm=f"{sum(recent) / len(recent):.6f}", refresh=False)
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
 def bench_dim(dim: int, steps: int, batch: int, lr: float, eval_samples: int, seed: int,
               methods: tuple[str, ...] = METHODS, rebase: bool = False,
               anneal: float | None = None, save: Path | None = None,
@@ -50,9 +76,11 @@ def bench_dim(dim: int, steps: int, batch: int, lr: float, eval_samples: int, se
            "splice": splice, "splice_se": splice_se, "splice_s": time.perf_counter() - t0,
            "best_known": best}
     for m in methods:
-        r = design_lattice(dim, m, steps=steps, batch_size=batch, lr=lr, parts=parts,
-                           anneal=steps / 2 if anneal is None else anneal,
-                           rebase=rebase, seed=seed, eval_samples=eval_samples)
+        with progress(steps, f"dim {dim} {m}") as bar:
+            r = design_lattice(dim, m, steps=steps, batch_size=batch, lr=lr, parts=parts,
+                               anneal=steps / 2 if anneal is None else anneal,
+                               rebase=rebase, seed=seed, eval_samples=eval_samples,
+                               callback=bar)
         if save is not None:
             save_designed(save / f"lattice_dim{dim}_{m}.safetensors", r.generator, nsm=r.nsm,
                           se=r.se, method=m, dim=dim, seed=seed, parts=parts, steps=steps,

@@ -1,0 +1,36 @@
+"""Smoke test of bench/lattice_design.py: a tiny run writes its table, JSON and generators."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from llvq.lattices import load_generator
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_lattice_design_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "res"
+    cmd = [sys.executable, str(ROOT / "bench" / "lattice_design.py"), "--dims", "4", "--check-dims",
+           "--steps", "20", "--batch", "64", "--eval-samples", "2000", "--rebase",
+           "--methods", "householder", "--parts", "A2", "A2", "--threads", "2",
+           "--save", str(tmp_path / "gens"), "--name", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "| 4 | A2 + A2 |" in proc.stdout
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert rows[0]["parts"] == "A2 + A2" and rows[0]["householder"] > 0.0766  # D4 is the optimum
+    g = load_generator(tmp_path / "gens" / "lattice_dim4_householder.safetensors")
+    assert g.shape == (4, 4) and abs(float(torch.linalg.det(g).abs()) - 1.0) < 1e-9
+
+
+def test_lattice_design_bench_parts_need_one_dim() -> None:
+    cmd = [sys.executable, str(ROOT / "bench" / "lattice_design.py"), "--dims", "4", "5",
+           "--parts", "A2", "A2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and "--parts needs exactly one dimension" in proc.stderr
