@@ -71,7 +71,7 @@ def bench_dim(dim: int, steps: int, batch: int, lr: float, eval_samples: int, se
     t0 = time.perf_counter()
     splice, splice_se = precise_nsm(splice_generator(parts), eval_samples, seed=seed + 1_000_003)
     best = REFERENCE_NSM[dim]
-    row = {"dim": dim, "parts": " + ".join(BEST_KNOWN[p] if isinstance(p, int) else p
+    row = {"dim": dim, "parts": " + ".join(BEST_KNOWN[p] if isinstance(p, int) else Path(p).stem
                                            for p in parts),
            "splice": splice, "splice_se": splice_se, "splice_s": time.perf_counter() - t0,
            "best_known": best}
@@ -107,8 +107,9 @@ def main() -> None:
     ap.add_argument("--rebase", action="store_true",
                     help="fusion: every 100 steps base <- LLL(Q base), Q <- I")
     ap.add_argument("--parts", nargs="+", default=None,
-                    help="spliced lattices (dimensions or names, e.g. Lambda16 E6); one --dims "
-                         "only; default: the best split of each dimension")
+                    help="spliced lattices (dimensions, names such as Lambda16 E6, or generator "
+                         ".safetensors files, e.g. one this bench --save'd); one --dims only; "
+                         "default: the best split of each dimension")
     ap.add_argument("--threads", type=int, default=1,
                     help="threads of the exact decoder (rows of a batch split over them)")
     ap.add_argument("--save", type=Path, default=None,

@@ -20,7 +20,7 @@ def test_lattice_design_bench_smoke(tmp_path: Path) -> None:
            "--steps", "20", "--batch", "64", "--eval-samples", "2000", "--rebase",
            "--methods", "householder", "--parts", "A2", "A2", "--threads", "2",
            "--save", str(tmp_path / "gens"), "--name", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "| 4 | A2 + A2 |" in proc.stdout
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
@@ -32,5 +32,5 @@ def test_lattice_design_bench_smoke(tmp_path: Path) -> None:
 def test_lattice_design_bench_parts_need_one_dim() -> None:
     cmd = [sys.executable, str(ROOT / "bench" / "lattice_design.py"), "--dims", "4", "5",
            "--parts", "A2", "A2"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 2 and "--parts needs exactly one dimension" in proc.stderr

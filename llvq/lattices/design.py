@@ -38,6 +38,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from llvq.lattices.generators import BEST_KNOWN, get_lattice
+from llvq.lattices.io import load_lattice, load_metadata
 from llvq.lattices.lattice import Lattice
 from llvq.lattices.reduction import lll
 from llvq.lattices.sphere import check_generator, prepare
@@ -90,10 +91,22 @@ def check_design(dim: int, method: str, parts: Sequence[int | str] | None = None
                              f"lattices whose dimensions add up to lattice.dim={dim}")
 
 
-def _part(p: int | str | Lattice) -> Lattice:
-    """A part of a splice: a dimension (its best known lattice) or a lattice name."""
+def _is_file_part(p: object) -> bool:
+    return isinstance(p, (str, Path)) and (str(p).endswith(".safetensors") or Path(p).is_file())
+
+
+def _part(p: int | str | Path | Lattice) -> Lattice:
+    """A part of a splice: a dimension (its best known lattice), a lattice name, or a generator
+    file (``.safetensors`` with tensor ``generator``, e.g. a lattice designed here)."""
     if isinstance(p, Lattice):
         return p
+    if _is_file_part(p):
+        if not Path(p).is_file():
+            raise ValueError(f"lattice.parts: generator file {str(p)!r} does not exist")
+        try:
+            return load_lattice(p)
+        except ValueError as err:
+            raise ValueError(f"lattice.parts: {err}") from None
     if isinstance(p, (int, np.integer)) and not isinstance(p, bool):
         if int(p) not in BEST_KNOWN:
             raise ValueError(f"lattice.parts: no seed lattice of dimension {p} (known: "
@@ -120,19 +133,27 @@ def auto_parts(dim: int, max_part: int = 16) -> tuple[int, int]:
     return min(splits, key=lambda s: sum(k * math.log(SEED_NSM[k]) for k in s))
 
 
-def splice_generator(parts: Sequence[int | str | Lattice]) -> Tensor:
+def splice_generator(parts: Sequence[int | str | Path | Lattice]) -> Tensor:
     """Block-diagonal generator of ``L1 ⊕ L2 ⊕ ...``, optimally scaled, unit volume (float64).
+
+    A part may be a generator file, e.g. a lattice designed by :func:`design_lattice`: fusing a
+    designed ``n``-dimensional lattice with ``Z1`` or ``A2`` builds dimension ``n + 1`` or ``n + 2``
+    the way laminated lattices are built (docs: lattice_design.md).
 
     Each part is scaled to unit volume and then by ``G_i^(-1/2)`` so that every part has the
     same per-dimension second moment, which minimises the NSM of the sum (the weighted AM–GM
     bound ``G = prod G_i^(n_i/n)``); ``G_i`` is the reference value when the part is the best
-    known lattice of its dimension, else a 20,000-sample estimate.
+    known lattice of its dimension, the ``nsm`` metadata of a generator file that has one, else
+    a 20,000-sample estimate.
     """
     blocks = []
-    for lat in (_part(p) for p in parts):
+    for p in parts:
+        lat = _part(p)
         g = lat.generator / lat.volume ** (1.0 / lat.dim)
         if lat.dim == 1 or BEST_KNOWN.get(lat.dim, "").lower() == lat.name.lower():
             g_i = SEED_NSM[lat.dim]
+        elif _is_file_part(p) and "nsm" in (meta := load_metadata(p)):
+            g_i = float(meta["nsm"])  # a designed lattice records its precise NSM
         else:
             g_i = precise_nsm(g, 20_000, seed=0)[0]
         blocks.append(g / math.sqrt(g_i))
@@ -178,7 +199,7 @@ class LatticeParametrization(nn.Module):
         needs_splice = method != "free" or init == "splice"
         if needs_splice and parts is None:
             parts = auto_parts(dim) if dim > 1 else None
-        self.parts = [p if isinstance(p, str) else int(p) for p in parts] if parts else None
+        self.parts = [str(p) if isinstance(p, (str, Path)) else int(p) for p in parts] if parts else None
         base = splice_generator(self.parts) if needs_splice else None
         if method == "free":
             if base is None:

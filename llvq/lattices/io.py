@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from llvq.lattices.lattice import Lattice
 from llvq.lattices.sphere import check_generator
 
-__all__ = ["load_generator", "load_lattice", "save_generator"]
+__all__ = ["load_generator", "load_lattice", "load_metadata", "save_generator"]
 
 
 def save_generator(generator: Tensor | Lattice, path: str | Path) -> None:
@@ -36,6 +37,13 @@ def load_generator(path: str | Path) -> Tensor:
         raise ValueError(f"generator file '{p}' has no tensor named 'generator' "
                          f"(found: {sorted(tensors)})")
     return check_generator(tensors["generator"], f"generator in {p}").double()
+
+
+def load_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a safetensors file (``{}`` if it has none), e.g. the ``nsm`` that
+    :func:`llvq.lattices.design.save_designed` records."""
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
 
 
 def load_lattice(path: str | Path, name: str | None = None) -> Lattice:

@@ -168,7 +168,22 @@ def test_saved_generator_loads_and_quantizes_identically(tmp_path) -> None:
     ({"dim": 13, "method": "splice", "parts": ["nope", "E8"]}, "unknown seed lattice"),
     ({"dim": 13, "method": "householder", "parts": [8, 4]}, "add up"),
     ({"dim": 1, "method": "matrix_exp"}, "lattice.dim >= 2"),
+    ({"dim": 7, "method": "householder", "parts": ["missing.safetensors", 1]}, "does not exist"),
 ])
 def test_bad_settings_give_one_clear_error(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         LatticeParametrization(**kwargs)
+
+
+def test_designed_lattice_file_is_a_part(tmp_path) -> None:
+    """A generator file splices like the named lattice; its recorded NSM sets the scale."""
+    e6 = get_lattice("E6*").generator
+    path = save_designed(tmp_path / "e6.safetensors", e6 / e6.det().abs() ** (1 / 6), nsm=0.074244)
+    torch.testing.assert_close(splice_generator([str(path), "Z1"]), splice_generator(["E6*", "Z1"]))
+    fused = LatticeParametrization(7, "householder", parts=[path, 1], rebase=True)
+    assert fused.parts == [str(path), 1] and fused().shape == (7, 7)
+    # a file without metadata: the part's NSM is estimated (20,000 samples, about 0.2 % here)
+    bare = tmp_path / "bare.safetensors"
+    save_designed(bare, e6)
+    torch.testing.assert_close(splice_generator([bare, "Z1"]), splice_generator(["E6*", "Z1"]),
+                               rtol=3e-3, atol=0)
