@@ -38,7 +38,7 @@ class LatticeDesignModule(L.LightningModule):
     Args:
         dim: lattice dimension ``n >= 1``.
         method: ``free``, ``splice``, ``householder`` or ``matrix_exp``.
-        parts: spliced lattices (dimensions or names); ``None`` = the best pair
+        parts: spliced lattices (dimensions, names or generator files); ``None`` = the best pair
             (:func:`~llvq.lattices.design.auto_parts`).
         reflections: Householder vectors (default ``n`` rounded up to even).
         init: ``free`` only: ``"random"`` or ``"splice"``.
