@@ -7,6 +7,8 @@ standard error (exact decoder), next to the best known value (docs: nsm.md), wit
 
     python bench/lattice_design.py                          # dims 13-22 + check 2-12, ~15-20 min
     python bench/lattice_design.py --dims 13 15 --steps 100 # quick look
+    python bench/lattice_design.py --dims 22 --check-dims --rebase --seeds 0 1 2 3 --jobs 4
+                                                            # multi-start: one process per run
 
 Writes bench/results/lattice_design.json.
 """
@@ -16,8 +18,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import multiprocessing as mp
+import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
@@ -39,12 +44,14 @@ METHODS = ("householder", "matrix_exp")
 
 
 @contextlib.contextmanager
-def progress(total: int, desc: str):
+def progress(total: int, desc: str, show: bool = True):
     """A callback ``(step, batch_nsm)`` that drives a tqdm bar (running mean of the last 100
-    batch estimates); a no-op without tqdm."""
+    batch estimates); a no-op without tqdm or with ``show=False``."""
     try:
         from tqdm.auto import tqdm
     except ImportError:
+        show = False
+    if not show:
         yield lambda step, value: None
         return
     bar = tqdm(total=total, desc=desc, unit="step", leave=False, mininterval=5, file=sys.stderr)
@@ -66,23 +73,24 @@ def progress(total: int, desc: str):
 def bench_dim(dim: int, steps: int, batch: int, lr: float, eval_samples: int, seed: int,
               methods: tuple[str, ...] = METHODS, rebase: bool = False,
               anneal: float | None = None, save: Path | None = None,
-              parts: list[str] | None = None) -> dict:
+              parts: list[str] | None = None, tag: str = "", show: bool = True) -> dict:
+    """One dimension and seed: the splice and each fusion method, NSM ± s.e., gap, wall time."""
     parts = [int(p) if p.isdigit() else p for p in parts] if parts else list(auto_parts(dim))
     t0 = time.perf_counter()
     splice, splice_se = precise_nsm(splice_generator(parts), eval_samples, seed=seed + 1_000_003)
     best = REFERENCE_NSM[dim]
-    row = {"dim": dim, "parts": " + ".join(BEST_KNOWN[p] if isinstance(p, int) else Path(p).stem
-                                           for p in parts),
+    names = [BEST_KNOWN[p] if isinstance(p, int) else Path(p).stem for p in parts]
+    row = {"dim": dim, "seed": seed, "parts": " + ".join(names),
            "splice": splice, "splice_se": splice_se, "splice_s": time.perf_counter() - t0,
            "best_known": best}
     for m in methods:
-        with progress(steps, f"dim {dim} {m}") as bar:
+        with progress(steps, f"dim {dim} {m}{tag}", show) as bar:
             r = design_lattice(dim, m, steps=steps, batch_size=batch, lr=lr, parts=parts,
                                anneal=steps / 2 if anneal is None else anneal,
                                rebase=rebase, seed=seed, eval_samples=eval_samples,
                                callback=bar)
         if save is not None:
-            save_designed(save / f"lattice_dim{dim}_{m}.safetensors", r.generator, nsm=r.nsm,
+            save_designed(save / f"lattice_dim{dim}_{m}{tag.replace(' ', '_')}.safetensors", r.generator, nsm=r.nsm,
                           se=r.se, method=m, dim=dim, seed=seed, parts=parts, steps=steps,
                           samples=eval_samples, rebase=rebase, lr=lr)
         row.update({m: r.nsm, f"{m}_se": r.se, f"{m}_s": r.seconds,
@@ -90,6 +98,16 @@ def bench_dim(dim: int, steps: int, batch: int, lr: float, eval_samples: int, se
                     f"{m}_beats_splice": bool(splice - r.nsm > 3 * math.hypot(splice_se, r.se))})
     row["splice_gap_pct"] = 100 * (splice / best - 1)
     return row
+
+
+def spread(rows: list[dict], methods: tuple[str, ...]) -> list[dict]:
+    """Per dimension and method: the best, median and worst gap over the seeds."""
+    out = []
+    for dim in sorted({r["dim"] for r in rows}):
+        gaps = {m: sorted(r[m + "_gap_pct"] for r in rows if r["dim"] == dim) for m in methods}
+        out.append({"n": dim, **{m: f"{g[0]:+.2f} / {statistics.median(g):+.2f} / {g[-1]:+.2f}"
+                                 for m, g in gaps.items()}})
+    return out
 
 
 def main() -> None:
@@ -100,7 +118,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=512, help="samples per SGD step")
     ap.add_argument("--lr", type=float, default=2.0)
     ap.add_argument("--eval-samples", type=int, default=40_000)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", "--seeds", dest="seeds", type=int, nargs="+", default=[0],
+                    help="one run per seed (initial parameters, samples, evaluation samples)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs (dimension x seed) in parallel processes, one decoder thread each "
+                         "unless --threads says otherwise")
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     ap.add_argument("--anneal", type=float, default=None,
                     help="step size lr / (1 + t / anneal); default steps / 2")
@@ -124,17 +146,36 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    rows = []
-    for dim in [*args.check_dims, *args.dims]:
-        row = bench_dim(dim, args.steps, args.batch, args.lr, args.eval_samples, args.seed, methods,
-                        args.rebase, args.anneal, args.save, args.parts)
+    many = len(args.seeds) > 1
+    common = {"steps": args.steps, "batch": args.batch, "lr": args.lr,
+              "eval_samples": args.eval_samples, "methods": methods, "rebase": args.rebase,
+              "anneal": args.anneal, "save": args.save, "parts": args.parts}
+    tasks = [{**common, "dim": dim, "seed": seed, "tag": f" seed{seed}" if many else ""}
+             for dim in [*args.check_dims, *args.dims] for seed in args.seeds]
+    rows: list[dict] = []
+
+    def done(row: dict) -> None:
         rows.append(row)
+        rows.sort(key=lambda r: (r["dim"], r["seed"]))
         fused = "  ".join(f"{m} {row[m]:.6f} ({row[m + '_gap_pct']:+.2f} %, {row[m + '_s']:.0f} s)"
                           for m in methods)
-        print(f"dim {dim}: splice {row['splice']:.6f}  {fused}  best {row['best_known']:.6f}", flush=True)
+        label = f"dim {row['dim']}" + (f" seed {row['seed']}" if many else "")
+        print(f"{label}: splice {row['splice']:.6f}  {fused}  best {row['best_known']:.6f}",
+              flush=True)
         write_result(args.name, {"settings": settings, "rows": rows})  # partial results survive
 
-    table = [{"n": r["dim"], "parts": r["parts"], "best known": f"{r['best_known']:.6f}",
+    if args.jobs <= 1:
+        for task in tasks:
+            done(bench_dim(**task))
+    else:  # one process per run; progress bars off (they would interleave)
+        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("fork"),
+                                 initializer=torch.set_num_threads,
+                                 initargs=(args.threads,)) as pool:
+            futures = [pool.submit(bench_dim, **task, show=False) for task in tasks]
+            for fut in as_completed(futures):
+                done(fut.result())
+
+    table = [{"n": r["dim"], **({"seed": r["seed"]} if many else {}), "parts": r["parts"], "best known": f"{r['best_known']:.6f}",
               "splice": f"{r['splice']:.6f} ± {r['splice_se']:.1e}",
               **{m: f"{r[m]:.6f} ± {r[m + '_se']:.1e}" + (" *" if r[m + "_beats_splice"] else "")
                  for m in methods},
@@ -142,10 +183,13 @@ def main() -> None:
                   " / ".join(f"{r[k + '_gap_pct']:+.2f}" for k in ("splice", *methods)),
               "time s": " / ".join(f"{r[m + '_s']:.0f}" for m in methods)}
              for r in rows]
-    columns = ["n", "parts", "best known", "splice", *methods,
+    columns = ["n", *(["seed"] if many else []), "parts", "best known", "splice", *methods,
                "gap % (splice / " + " / ".join(methods) + ")", "time s"]
     print(markdown_table(table, columns))
     print("* = below the splice by more than 3 combined standard errors")
+    if many:
+        print(markdown_table(spread(rows, methods), ["n", *methods]))
+        print("gap % over the seeds: best / median / worst")
     path = write_result(args.name, {"settings": settings, "rows": rows})
     print(f"wrote {path}")
 

@@ -34,3 +34,19 @@ def test_lattice_design_bench_parts_need_one_dim() -> None:
            "--parts", "A2", "A2"]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 2 and "--parts needs exactly one dimension" in proc.stderr
+
+
+def test_lattice_design_bench_seeds_in_parallel(tmp_path: Path) -> None:
+    """--seeds 0 1 --jobs 2: one row per seed (each its own generator file) and the spread."""
+    out = tmp_path / "res"
+    cmd = [sys.executable, str(ROOT / "bench" / "lattice_design.py"), "--dims", "5", "--check-dims",
+           "--steps", "10", "--batch", "64", "--eval-samples", "1000", "--methods", "matrix_exp",
+           "--seeds", "0", "1", "--jobs", "2", "--save", str(tmp_path / "gens"), "--name", str(out)]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "best / median / worst" in proc.stdout
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [(r["dim"], r["seed"]) for r in rows] == [(5, 0), (5, 1)]
+    assert rows[0]["matrix_exp"] != rows[1]["matrix_exp"]
+    for seed in (0, 1):
+        assert (tmp_path / "gens" / f"lattice_dim5_matrix_exp_seed{seed}.safetensors").is_file()
