@@ -90,9 +90,10 @@ def bench_dim(dim: int, steps: int, batch: int, lr: float, eval_samples: int, se
                                rebase=rebase, seed=seed, eval_samples=eval_samples,
                                callback=bar)
         if save is not None:
-            save_designed(save / f"lattice_dim{dim}_{m}{tag.replace(' ', '_')}.safetensors", r.generator, nsm=r.nsm,
-                          se=r.se, method=m, dim=dim, seed=seed, parts=parts, steps=steps,
-                          samples=eval_samples, rebase=rebase, lr=lr)
+            name = f"lattice_dim{dim}_{m}{tag.replace(' ', '_')}.safetensors"
+            save_designed(save / name, r.generator, nsm=r.nsm, se=r.se, method=m, dim=dim,
+                          seed=seed, parts=parts, steps=steps, samples=eval_samples,
+                          rebase=rebase, lr=lr)
         row.update({m: r.nsm, f"{m}_se": r.se, f"{m}_s": r.seconds,
                     f"{m}_gap_pct": 100 * (r.nsm / best - 1),
                     f"{m}_beats_splice": bool(splice - r.nsm > 3 * math.hypot(splice_se, r.se))})
@@ -175,7 +176,8 @@ def main() -> None:
             for fut in as_completed(futures):
                 done(fut.result())
 
-    table = [{"n": r["dim"], **({"seed": r["seed"]} if many else {}), "parts": r["parts"], "best known": f"{r['best_known']:.6f}",
+    table = [{"n": r["dim"], **({"seed": r["seed"]} if many else {}), "parts": r["parts"],
+              "best known": f"{r['best_known']:.6f}",
               "splice": f"{r['splice']:.6f} ± {r['splice_se']:.1e}",
               **{m: f"{r[m]:.6f} ± {r[m + '_se']:.1e}" + (" *" if r[m + "_beats_splice"] else "")
                  for m in methods},

@@ -101,10 +101,8 @@ def _part(p: int | str | Path | Lattice) -> Lattice:
     if isinstance(p, Lattice):
         return p
     if _is_file_part(p):
-        if not Path(p).is_file():
-            raise ValueError(f"lattice.parts: generator file {str(p)!r} does not exist")
         try:
-            return load_lattice(p)
+            return load_lattice(p)  # a missing or malformed file: load_generator's ValueError
         except ValueError as err:
             raise ValueError(f"lattice.parts: {err}") from None
     if isinstance(p, (int, np.integer)) and not isinstance(p, bool):
