@@ -9,6 +9,12 @@ standard error (exact decoder), next to the best known value (docs: nsm.md), wit
     python bench/lattice_design.py --dims 13 15 --steps 100 # quick look
     python bench/lattice_design.py --dims 22 --check-dims --rebase --seeds 0 1 2 3 --jobs 4
                                                             # multi-start: one process per run
+    python bench/lattice_design.py --glue --dims 17 18 19 20 21 22 --check-dims --steps 0
+                                                            # glue search (llvq.lattices.glue)
+
+With ``--glue`` the parts are glued (the densest index-2^k superlattice the search finds, parts
+at equal minimum norm; in 17-23 the parts default to Lambda16 + a root lattice) and the fusion
+runs refine the glued lattice instead of the splice; the table adds its NSM and index.
 
 Writes bench/results/lattice_design.json.
 """
@@ -32,8 +38,9 @@ from _report import markdown_table, write_result
 
 from llvq.lattices.design import (
     REFERENCE_NSM,
-    auto_parts,
+    default_parts,
     design_lattice,
+    glue_generator,
     precise_nsm,
     save_designed,
     splice_generator,
@@ -73,9 +80,11 @@ def progress(total: int, desc: str, show: bool = True):
 def bench_dim(dim: int, steps: int, batch: int, lr: float, eval_samples: int, seed: int,
               methods: tuple[str, ...] = METHODS, rebase: bool = False,
               anneal: float | None = None, save: Path | None = None,
-              parts: list[str] | None = None, tag: str = "", show: bool = True) -> dict:
-    """One dimension and seed: the splice and each fusion method, NSM ± s.e., gap, wall time."""
-    parts = [int(p) if p.isdigit() else p for p in parts] if parts else list(auto_parts(dim))
+              parts: list[str] | None = None, tag: str = "", show: bool = True,
+              glue: bool = False, glue_trials: int = 8) -> dict:
+    """One dimension and seed: the splice (and with ``glue`` the glued lattice) and each fusion
+    method, NSM ± s.e., gap, wall time."""
+    parts = [int(p) if p.isdigit() else p for p in parts] if parts else default_parts(dim, glue)
     t0 = time.perf_counter()
     splice, splice_se = precise_nsm(splice_generator(parts), eval_samples, seed=seed + 1_000_003)
     best = REFERENCE_NSM[dim]
@@ -83,17 +92,28 @@ def bench_dim(dim: int, steps: int, batch: int, lr: float, eval_samples: int, se
     row = {"dim": dim, "seed": seed, "parts": " + ".join(names),
            "splice": splice, "splice_se": splice_se, "splice_s": time.perf_counter() - t0,
            "best_known": best}
+    if glue:
+        t0 = time.perf_counter()
+        glued = glue_generator(parts, glue_trials, seed)
+        value, se = precise_nsm(glued.generator, eval_samples, seed=seed + 1_000_003)
+        row.update({"glue": value, "glue_se": se, "glue_s": time.perf_counter() - t0,
+                    "glue_index_bits": glued.index_bits, "glue_gap_pct": 100 * (value / best - 1),
+                    "glue_beats_splice": bool(splice - value > 3 * math.hypot(splice_se, se))})
+        if save is not None:
+            save_designed(save / f"lattice_dim{dim}_glue{tag.replace(' ', '_')}.safetensors",
+                          glued.generator, nsm=value, se=se, method="glue", dim=dim, seed=seed,
+                          parts=parts, samples=eval_samples, glue_index_bits=glued.index_bits)
     for m in methods:
         with progress(steps, f"dim {dim} {m}{tag}", show) as bar:
             r = design_lattice(dim, m, steps=steps, batch_size=batch, lr=lr, parts=parts,
                                anneal=steps / 2 if anneal is None else anneal,
                                rebase=rebase, seed=seed, eval_samples=eval_samples,
-                               callback=bar)
+                               callback=bar, glue=glue, glue_trials=glue_trials)
         if save is not None:
             name = f"lattice_dim{dim}_{m}{tag.replace(' ', '_')}.safetensors"
             save_designed(save / name, r.generator, nsm=r.nsm, se=r.se, method=m, dim=dim,
                           seed=seed, parts=parts, steps=steps, samples=eval_samples,
-                          rebase=rebase, lr=lr)
+                          rebase=rebase, lr=lr, glue=glue)
         row.update({m: r.nsm, f"{m}_se": r.se, f"{m}_s": r.seconds,
                     f"{m}_gap_pct": 100 * (r.nsm / best - 1),
                     f"{m}_beats_splice": bool(splice - r.nsm > 3 * math.hypot(splice_se, r.se))})
@@ -124,7 +144,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs (dimension x seed) in parallel processes, one decoder thread each "
                          "unless --threads says otherwise")
-    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    ap.add_argument("--methods", nargs="*", choices=METHODS, default=list(METHODS),
+                    help="fusion methods to run (none: only the splice, and the glue with --glue)")
     ap.add_argument("--anneal", type=float, default=None,
                     help="step size lr / (1 + t / anneal); default steps / 2")
     ap.add_argument("--rebase", action="store_true",
@@ -133,6 +154,10 @@ def main() -> None:
                     help="spliced lattices (dimensions, names such as Lambda16 E6, or generator "
                          ".safetensors files, e.g. one this bench --save'd); one --dims only; "
                          "default: the best split of each dimension")
+    ap.add_argument("--glue", action="store_true",
+                    help="glue the parts (llvq.lattices.glue) and fuse from the glued lattice; "
+                         "parts default to Lambda16 + a root lattice in dimensions 17-23")
+    ap.add_argument("--glue-trials", type=int, default=8, help="restarts of the glue search")
     ap.add_argument("--threads", type=int, default=1,
                     help="threads of the exact decoder (rows of a batch split over them)")
     ap.add_argument("--save", type=Path, default=None,
@@ -142,6 +167,7 @@ def main() -> None:
                     help="result file bench/results/<name>.json (written after every dimension)")
     args = ap.parse_args()
     methods = tuple(args.methods)
+    shown = ("glue", *methods) if args.glue else methods  # columns after the splice
     if args.parts and len(args.dims) + len(args.check_dims) != 1:
         ap.error("--parts needs exactly one dimension (--dims N --check-dims)")
     torch.set_num_threads(args.threads)
@@ -150,7 +176,8 @@ def main() -> None:
     many = len(args.seeds) > 1
     common = {"steps": args.steps, "batch": args.batch, "lr": args.lr,
               "eval_samples": args.eval_samples, "methods": methods, "rebase": args.rebase,
-              "anneal": args.anneal, "save": args.save, "parts": args.parts}
+              "anneal": args.anneal, "save": args.save, "parts": args.parts, "glue": args.glue,
+              "glue_trials": args.glue_trials}
     tasks = [{**common, "dim": dim, "seed": seed, "tag": f" seed{seed}" if many else ""}
              for dim in [*args.check_dims, *args.dims] for seed in args.seeds]
     rows: list[dict] = []
@@ -159,7 +186,7 @@ def main() -> None:
         rows.append(row)
         rows.sort(key=lambda r: (r["dim"], r["seed"]))
         fused = "  ".join(f"{m} {row[m]:.6f} ({row[m + '_gap_pct']:+.2f} %, {row[m + '_s']:.0f} s)"
-                          for m in methods)
+                          for m in shown)
         label = f"dim {row['dim']}" + (f" seed {row['seed']}" if many else "")
         print(f"{label}: splice {row['splice']:.6f}  {fused}  best {row['best_known']:.6f}",
               flush=True)
@@ -179,18 +206,20 @@ def main() -> None:
     table = [{"n": r["dim"], **({"seed": r["seed"]} if many else {}), "parts": r["parts"],
               "best known": f"{r['best_known']:.6f}",
               "splice": f"{r['splice']:.6f} ± {r['splice_se']:.1e}",
+              **({"index": f"2^{r['glue_index_bits']}"} if args.glue else {}),
               **{m: f"{r[m]:.6f} ± {r[m + '_se']:.1e}" + (" *" if r[m + "_beats_splice"] else "")
-                 for m in methods},
-              "gap % (splice / " + " / ".join(methods) + ")":
-                  " / ".join(f"{r[k + '_gap_pct']:+.2f}" for k in ("splice", *methods)),
-              "time s": " / ".join(f"{r[m + '_s']:.0f}" for m in methods)}
+                 for m in shown},
+              "gap % (splice / " + " / ".join(shown) + ")":
+                  " / ".join(f"{r[k + '_gap_pct']:+.2f}" for k in ("splice", *shown)),
+              "time s": " / ".join(f"{r[m + '_s']:.0f}" for m in shown)}
              for r in rows]
-    columns = ["n", *(["seed"] if many else []), "parts", "best known", "splice", *methods,
-               "gap % (splice / " + " / ".join(methods) + ")", "time s"]
+    columns = ["n", *(["seed"] if many else []), "parts", "best known", "splice",
+               *(["index"] if args.glue else []), *shown,
+               "gap % (splice / " + " / ".join(shown) + ")", "time s"]
     print(markdown_table(table, columns))
     print("* = below the splice by more than 3 combined standard errors")
     if many:
-        print(markdown_table(spread(rows, methods), ["n", *methods]))
+        print(markdown_table(spread(rows, shown), ["n", *shown]))
         print("gap % over the seeds: best / median / worst")
     path = write_result(args.name, {"settings": settings, "rows": rows})
     print(f"wrote {path}")

@@ -50,3 +50,19 @@ def test_lattice_design_bench_seeds_in_parallel(tmp_path: Path) -> None:
     assert rows[0]["matrix_exp"] != rows[1]["matrix_exp"]
     for seed in (0, 1):
         assert (tmp_path / "gens" / f"lattice_dim5_matrix_exp_seed{seed}.safetensors").is_file()
+
+
+def test_lattice_design_bench_glue(tmp_path: Path) -> None:
+    """--glue: the glued lattice's column and index, a fusion started from it, its generator."""
+    out = tmp_path / "res"
+    cmd = [sys.executable, str(ROOT / "bench" / "lattice_design.py"), "--dims", "8", "--check-dims",
+           "--glue", "--glue-trials", "2", "--parts", "D4", "D4", "--steps", "5", "--batch", "64",
+           "--eval-samples", "4000", "--methods", "householder", "--save", str(tmp_path / "gens"),
+           "--name", str(out)]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "| index | glue |" in proc.stdout and "| 2^2 |" in proc.stdout
+    row = json.loads(out.with_suffix(".json").read_text())["rows"][0]
+    assert row["glue_index_bits"] == 2 and row["glue"] < row["splice"] - 0.002  # E8 vs D4 + D4
+    assert abs(row["householder"] - row["glue"]) < 0.001  # 5 small steps from the glued start
+    assert (tmp_path / "gens" / "lattice_dim8_glue.safetensors").is_file()

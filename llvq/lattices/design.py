@@ -20,6 +20,10 @@ Parametrizations (``method``):
   arXiv:2502.06887, Sec. 3.1);
 * ``matrix_exp``: ``B = exp(A) B_s`` with ``A`` skew-symmetric and learnable (ibid., Sec. 3.2).
 
+With ``glue=True`` the base ``B_s`` is not the splice but its densest glued superlattice found by
+:func:`llvq.lattices.glue.glue_search` (parts at equal minimum norm, index ``2^k``): a discrete
+move SGD cannot make, after which the fusion (or ``free`` with ``init="splice"``) refines it.
+
 With rows as basis vectors an orthogonal factor on the *right* only rotates the lattice (same
 NSM); the fusion factor therefore acts on the *left* (it mixes the basis vectors of the two
 parts; the paper's column convention writes the same thing as ``B_s Q``).
@@ -38,12 +42,14 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from llvq.lattices.generators import BEST_KNOWN, get_lattice
+from llvq.lattices.glue import GlueResult, glue_search
 from llvq.lattices.io import load_lattice, load_metadata
 from llvq.lattices.lattice import Lattice
 from llvq.lattices.reduction import lll
 from llvq.lattices.sphere import check_generator, prepare
 
 __all__ = [
+    "GLUE_PARTS",
     "METHODS",
     "REFERENCE_NSM",
     "SEED_NSM",
@@ -52,7 +58,9 @@ __all__ = [
     "auto_parts",
     "check_design",
     "decode_coordinates",
+    "default_parts",
     "design_lattice",
+    "glue_generator",
     "nsm_loss",
     "precise_nsm",
     "save_designed",
@@ -75,12 +83,32 @@ SEED_NSM: dict[int, float] = {**REFERENCE_NSM, 12: 0.070619, 13: 0.071293, 14: 0
                               15: 0.069295}
 
 
-def check_design(dim: int, method: str, parts: Sequence[int | str] | None = None) -> None:
-    """Raise one ``ValueError`` naming the setting when ``dim``, ``method`` or ``parts`` is bad."""
+#: parts of the glue search by dimension: ``Λ16 ⊕ R`` where ``R`` is the orthogonal complement in
+#: ``E8`` of the root lattice ``N`` that cuts the Leech section ``Λ24 ∩ N^⊥`` (the best known
+#: lattice of dimensions 17-23). ``Λ16 ⊕ √2 R`` is a sublattice of that section, so it is where a
+#: glue search can find it; the search itself does not know the answer (docs: lattice_design.md).
+GLUE_PARTS: dict[int, tuple[str, str]] = {
+    17: ("Lambda16", "A1"), 18: ("Lambda16", "A2"), 19: ("Lambda16", "A3"),
+    20: ("Lambda16", "D4"), 21: ("Lambda16", "D5"), 22: ("Lambda16", "E6"),
+    23: ("Lambda16", "E7"),
+}
+
+
+def check_design(dim: int, method: str, parts: Sequence[int | str] | None = None,
+                 glue: bool = False, init: str = "random") -> None:
+    """Raise one ``ValueError`` naming the setting when ``dim``, ``method``, ``parts`` or ``glue``
+    is bad."""
     if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
         raise ValueError(f"lattice.dim={dim!r}: the lattice dimension must be an integer >= 1")
     if method not in METHODS:
         raise ValueError(f"lattice.method={method!r} is unknown; choose one of {METHODS}")
+    if glue and method == "free" and init != "splice":
+        raise ValueError("lattice.glue=true glues the spliced parts: use a splice-based method "
+                         "(splice, householder, matrix_exp) or lattice.method=free with "
+                         "lattice.init=splice")
+    if glue and parts is None and dim < 2:
+        raise ValueError(f"lattice.glue=true needs two or more parts, so lattice.dim >= 2 "
+                         f"(got {dim})")
     if method in ("splice", "householder", "matrix_exp") and parts is None and dim < 2:
         raise ValueError(f"lattice.method={method!r} splices two lattices and needs "
                          f"lattice.dim >= 2 (got {dim}); use lattice.method=free")
@@ -129,6 +157,21 @@ def auto_parts(dim: int, max_part: int = 16) -> tuple[int, int]:
         raise ValueError(f"lattice.dim={dim}: no split into two parts of dimension <= {max_part}; "
                          f"set lattice.parts explicitly")
     return min(splits, key=lambda s: sum(k * math.log(SEED_NSM[k]) for k in s))
+
+
+def default_parts(dim: int, glue: bool = False) -> list[int | str]:
+    """The parts used when ``lattice.parts`` is null: :data:`GLUE_PARTS` for a glue search in
+    dimensions 17-23, else :func:`auto_parts`."""
+    if glue and dim in GLUE_PARTS:
+        return list(GLUE_PARTS[dim])
+    return list(auto_parts(dim))
+
+
+def glue_generator(parts: Sequence[int | str | Path | Lattice], trials: int = 8,
+                   seed: int = 0) -> GlueResult:
+    """The densest glued superlattice of ``L1 ⊕ L2 ⊕ ...`` (parts as for :func:`splice_generator`)
+    that :func:`llvq.lattices.glue.glue_search` finds; unit volume, LLL-reduced."""
+    return glue_search([_part(p) for p in parts], trials=trials, seed=seed)
 
 
 def splice_generator(parts: Sequence[int | str | Path | Lattice]) -> Tensor:
@@ -181,24 +224,36 @@ class LatticeParametrization(nn.Module):
             base)``) and restart ``Q`` at the identity. Without it the fusion is the paper's
             ``Q B_splice``, whose Gram matrix keeps the splice's eigenvalues; with it each
             reduction changes the basis, so the reachable lattices are no longer tied to them.
-        seed: seed of the initial parameters.
+        seed: seed of the initial parameters (and of the glue search).
+        glue: start from the densest glued superlattice of the parts instead of their splice
+            (:func:`glue_generator`; default parts :func:`default_parts`). ``glue_index_bits``
+            then records the index ``2^k`` found.
+        glue_trials: restarts of the glue search.
     """
 
     def __init__(self, dim: int, method: str = "free", parts: Sequence[int | str] | None = None,
                  reflections: int | None = None, init: str = "random", init_noise: float = 1e-3,
-                 rebase: bool = False, seed: int = 0) -> None:
+                 rebase: bool = False, seed: int = 0, glue: bool = False,
+                 glue_trials: int = 8) -> None:
         super().__init__()
         self.rebase = bool(rebase)
-        check_design(dim, method, parts)
+        check_design(dim, method, parts, glue=glue, init=init)
+        if not isinstance(glue_trials, int) or glue_trials < 1:
+            raise ValueError(f"lattice.glue_trials={glue_trials!r}: need at least one restart")
         if init not in ("random", "splice"):
             raise ValueError(f"lattice.init={init!r}: choose 'random' or 'splice'")
         self.dim, self.method = dim, method
         gen = torch.Generator().manual_seed(seed)
         needs_splice = method != "free" or init == "splice"
         if needs_splice and parts is None:
-            parts = auto_parts(dim) if dim > 1 else None
+            parts = default_parts(dim, glue) if dim > 1 else None
         self.parts = [str(p) if isinstance(p, (str, Path)) else int(p) for p in parts] if parts else None
-        base = splice_generator(self.parts) if needs_splice else None
+        self.glue_index_bits: int | None = None
+        if needs_splice and glue:
+            glued = glue_generator(self.parts, glue_trials, seed)
+            base, self.glue_index_bits = glued.generator, glued.index_bits
+        else:
+            base = splice_generator(self.parts) if needs_splice else None
         if method == "free":
             if base is None:
                 start = torch.randn(dim, dim, generator=gen, dtype=torch.float64).tril()
@@ -340,7 +395,8 @@ def design_lattice(dim: int, method: str = "free", steps: int = 2000, batch_size
                    lr: float = 0.5, anneal: float | None = None, momentum: float = 0.0,
                    reduce_every: int = 100, parts: Sequence[int | str] | None = None,
                    reflections: int | None = None, init: str = "random", rebase: bool = False,
-                   seed: int = 0, eval_samples: int = 100_000,
+                   seed: int = 0, eval_samples: int = 100_000, glue: bool = False,
+                   glue_trials: int = 8,
                    callback: Callable[[int, float], None] | None = None) -> DesignResult:
     """Search a low-NSM lattice by SGD (outside Lightning; the module runs the same step).
 
@@ -354,7 +410,7 @@ def design_lattice(dim: int, method: str = "free", steps: int = 2000, batch_size
         momentum: SGD momentum.
         reduce_every: LLL-reduce the ``free`` basis (or rebase a fusion, with ``rebase``) every
             this many steps (0 = never).
-        parts, reflections, init, rebase: see :class:`LatticeParametrization`.
+        parts, reflections, init, rebase, glue, glue_trials: see :class:`LatticeParametrization`.
         seed: seeds the initial parameters and the samples.
         eval_samples: samples of the final NSM estimate.
         callback: called as ``callback(step, batch_nsm)``.
@@ -362,7 +418,8 @@ def design_lattice(dim: int, method: str = "free", steps: int = 2000, batch_size
     import time
 
     t0 = time.perf_counter()
-    param = LatticeParametrization(dim, method, parts, reflections, init, rebase=rebase, seed=seed)
+    param = LatticeParametrization(dim, method, parts, reflections, init, rebase=rebase, seed=seed,
+                                   glue=glue, glue_trials=glue_trials)
     step_fn = DesignStep(param, lr, anneal if anneal is not None else steps / 10, momentum,
                          reduce_every, seed)
     history = []

@@ -25,7 +25,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
-from llvq.lattices.design import LatticeParametrization, lr_at, nsm_loss, precise_nsm, save_designed
+from llvq.lattices.design import (
+    LatticeParametrization,
+    lr_at,
+    nsm_loss,
+    precise_nsm,
+    save_designed,
+)
 
 __all__ = ["LatticeDesignModule"]
 
@@ -49,7 +55,10 @@ class LatticeDesignModule(L.LightningModule):
             this many steps (0 = never).
         rebase: fusion only: at each reduction, ``base <- LLL(Q base)`` and ``Q <- I``
             (:class:`~llvq.lattices.design.LatticeParametrization`).
-        seed: seeds the initial parameters and the samples.
+        seed: seeds the initial parameters, the glue search and the samples.
+        glue: start from the densest glued superlattice of the parts (a discrete search,
+            :mod:`llvq.lattices.glue`) instead of their orthogonal splice.
+        glue_trials: restarts of the glue search.
         eval_samples: samples of the final NSM estimate (``fast_dev_run`` uses at most 2,000).
         steps_per_epoch: length of the dummy dataloader (one epoch).
         output_dir: where the generator file goes (``None``: the trainer's ``default_root_dir``).
@@ -59,7 +68,7 @@ class LatticeDesignModule(L.LightningModule):
                  reflections: int | None = None, init: str = "random", batch_size: int = 1024,
                  lr: float = 0.5, anneal: float = 500.0, momentum: float = 0.0,
                  reduce_every: int = 100, rebase: bool = False, seed: int = 0,
-                 eval_samples: int = 200_000,
+                 glue: bool = False, glue_trials: int = 8, eval_samples: int = 200_000,
                  steps_per_epoch: int = 1000, output_dir: str | None = None) -> None:
         super().__init__()
         for key, value, low in (("batch_size", batch_size, 1), ("eval_samples", eval_samples, 2),
@@ -71,19 +80,26 @@ class LatticeDesignModule(L.LightningModule):
         parts = list(parts) if parts is not None else None
         self.save_hyperparameters()
         self.automatic_optimization = False
+        if glue:
+            log.info("glue search over %s (%d restarts; about 30 s in dimension 22)",
+                     " + ".join(map(str, parts)) if parts else "the default parts", glue_trials)
         self.lattice = LatticeParametrization(dim, method, parts, reflections, init, rebase=rebase,
-                                              seed=seed)
+                                              seed=seed, glue=glue, glue_trials=glue_trials)
+        if not list(self.lattice.parameters()):
+            # nothing to learn (splice): an empty parameter gives the run an optimizer whose step
+            # counts the steps, so trainer.max_steps ends it as it ends the fusions
+            self.step_counter = torch.nn.Parameter(torch.zeros(0, dtype=torch.float64))
+        if glue:
+            log.info("glued lattice: index 2^%d over the direct sum", self.lattice.glue_index_bits)
         self.final: dict[str, Any] = {}
 
     def train_dataloader(self) -> list[int]:
         """Step indices; the samples are drawn in :meth:`training_step` from the seeded RNG."""
         return list(range(self.hparams.steps_per_epoch))
 
-    def configure_optimizers(self) -> torch.optim.Optimizer | None:
-        params = list(self.lattice.parameters())
-        if not params:  # splice: nothing to learn, the steps only estimate the NSM
-            return None
-        return torch.optim.SGD(params, lr=self.hparams.lr, momentum=self.hparams.momentum)
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        # splice: only the empty step counter, the steps only estimate the NSM
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum)
 
     def generator(self) -> Tensor:
         """The current unit-volume generator (float64, rows = basis), detached."""
@@ -95,13 +111,14 @@ class LatticeDesignModule(L.LightningModule):
         u = torch.rand(hp.batch_size, self.lattice.dim, generator=rng, dtype=torch.float64)
         loss = nsm_loss(self.lattice(), u)
         lr = lr_at(t, hp.lr, hp.anneal)
-        if self.lattice.method != "splice":
-            opt = self.optimizers()
-            for group in opt.param_groups:
-                group["lr"] = lr
-            opt.zero_grad()
+        opt = self.optimizers()
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad()
+        if loss.requires_grad:
             self.manual_backward(loss)
-            opt.step()
+        opt.step()  # also for splice: the optimizer step is what advances trainer.global_step
+        if self.lattice.method != "splice":
             self.lattice.normalize_()
             if hp.reduce_every > 0 and (t + 1) % hp.reduce_every == 0:
                 self.lattice.reduce_()
@@ -122,7 +139,7 @@ class LatticeDesignModule(L.LightningModule):
         path = out / f"lattice_dim{self.lattice.dim}_{self.lattice.method}.safetensors"
         save_designed(path, g, nsm=value, se=se, method=self.lattice.method, dim=self.lattice.dim,
                       seed=hp.seed, parts=self.lattice.parts, steps=self.global_step,
-                      samples=samples)
+                      samples=samples, glue_index_bits=self.lattice.glue_index_bits)
         self.final = {"nsm": value, "se": se, "path": str(path)}
         for lg in self.loggers:
             lg.log_metrics({"final/nsm": value, "final/nsm_se": se}, step=self.global_step)

@@ -41,6 +41,26 @@ def test_fusion_methods_run(method: str, compose_cfg) -> None:
     assert (Path(cfg.paths.output_dir) / f"lattice_dim5_{method}.safetensors").is_file()
 
 
+def test_splice_run_stops_at_max_steps(compose_cfg) -> None:
+    """splice has nothing to learn; its steps must still count, or max_steps never ends the run."""
+    cfg = compose_cfg(*FAST, "lattice.dim=4", "lattice.method=splice", "trainer.max_steps=3",
+                      "logger=csv")
+    run(cfg)
+    with safe_open(str(Path(cfg.paths.output_dir) / "lattice_dim4_splice.safetensors"), "pt") as f:
+        assert f.metadata()["steps"] == "3"
+
+
+def test_glue_through_the_trainer(compose_cfg) -> None:
+    cfg = compose_cfg(*FAST, "lattice.dim=8", "lattice.parts=[D4,D4]", "lattice.glue=true",
+                      "lattice.method=householder", "++trainer.fast_dev_run=true", "logger=csv")
+    run(cfg)
+    path = Path(cfg.paths.output_dir) / "lattice_dim8_householder.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    assert meta["glue_index_bits"] == "2"  # D4 + D4 glued to E8
+    assert 0.0705 < float(meta["nsm"]) < 0.0735
+
+
 def test_sweep_config_spans_dims_and_methods() -> None:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -57,8 +77,10 @@ def test_sweep_config_spans_dims_and_methods() -> None:
     ("lattice.method=nope", "lattice.method"),
     ("lattice.parts=[nope,E8]", "unknown seed lattice"),
     ("lattice.batch_size=0", "lattice.batch_size"),
+    ("lattice.glue_trials=0", "lattice.glue_trials"),
+    ("lattice.glue=true lattice.method=free", "lattice.glue"),  # free needs init=splice to glue
 ])
 def test_bad_settings_give_one_clear_error(override: str, match: str, compose_cfg) -> None:
-    cfg = compose_cfg(*FAST, override, "++trainer.fast_dev_run=true", "logger=csv")
+    cfg = compose_cfg(*FAST, *override.split(), "++trainer.fast_dev_run=true", "logger=csv")
     with pytest.raises(ValueError, match=match):
         run(cfg)
