@@ -9,12 +9,13 @@ standard error (exact decoder), next to the best known value (docs: nsm.md), wit
     python bench/lattice_design.py --dims 13 15 --steps 100 # quick look
     python bench/lattice_design.py --dims 22 --check-dims --rebase --seeds 0 1 2 3 --jobs 4
                                                             # multi-start: one process per run
-    python bench/lattice_design.py --glue --dims 17 18 19 20 21 22 --check-dims --steps 0
+    python bench/lattice_design.py --glue --dims 16 17 18 19 20 21 22 --check-dims --steps 0
                                                             # glue search (llvq.lattices.glue)
 
 With ``--glue`` the parts are glued (the densest index-2^k superlattice the search finds, parts
-at equal minimum norm; in 17-23 the parts default to Lambda16 + a root lattice) and the fusion
-runs refine the glued lattice instead of the splice; the table adds its NSM and index.
+at equal minimum norm; the parts default to E8 + E8 in 16 and Lambda16 + a root lattice in
+17-23) and the fusion runs refine the glued lattice instead of the splice; the table adds its
+NSM and index.
 
 Writes bench/results/lattice_design.json.
 """
@@ -156,7 +157,7 @@ def main() -> None:
                          "default: the best split of each dimension")
     ap.add_argument("--glue", action="store_true",
                     help="glue the parts (llvq.lattices.glue) and fuse from the glued lattice; "
-                         "parts default to Lambda16 + a root lattice in dimensions 17-23")
+                         "parts default to E8 + E8 in 16, Lambda16 + a root lattice in 17-23")
     ap.add_argument("--glue-trials", type=int, default=8, help="restarts of the glue search")
     ap.add_argument("--threads", type=int, default=1,
                     help="threads of the exact decoder (rows of a batch split over them)")

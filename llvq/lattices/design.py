@@ -83,12 +83,13 @@ SEED_NSM: dict[int, float] = {**REFERENCE_NSM, 12: 0.070619, 13: 0.071293, 14: 0
                               15: 0.069295}
 
 
-#: parts of the glue search by dimension: ``Λ16 ⊕ R`` where ``R`` is the orthogonal complement in
-#: ``E8`` of the root lattice ``N`` that cuts the Leech section ``Λ24 ∩ N^⊥`` (the best known
-#: lattice of dimensions 17-23). ``Λ16 ⊕ √2 R`` is a sublattice of that section, so it is where a
-#: glue search can find it; the search itself does not know the answer (docs: lattice_design.md).
+#: parts of the glue search by dimension: in 17-23 ``Λ16 ⊕ R`` where ``R`` is the orthogonal
+#: complement in ``E8`` of the root lattice ``N`` that cuts the Leech section ``Λ24 ∩ N^⊥`` (the
+#: best known lattice there). ``Λ16 ⊕ √2 R`` is a sublattice of that section (and ``√2E8 ⊕ √2E8``
+#: one of ``Λ16``), so it is where a glue search can find it; the search itself does not know the
+#: answer (docs: lattice_design.md).
 GLUE_PARTS: dict[int, tuple[str, str]] = {
-    17: ("Lambda16", "A1"), 18: ("Lambda16", "A2"), 19: ("Lambda16", "A3"),
+    16: ("E8", "E8"), 17: ("Lambda16", "A1"), 18: ("Lambda16", "A2"), 19: ("Lambda16", "A3"),
     20: ("Lambda16", "D4"), 21: ("Lambda16", "D5"), 22: ("Lambda16", "E6"),
     23: ("Lambda16", "E7"),
 }
@@ -161,7 +162,7 @@ def auto_parts(dim: int, max_part: int = 16) -> tuple[int, int]:
 
 def default_parts(dim: int, glue: bool = False) -> list[int | str]:
     """The parts used when ``lattice.parts`` is null: :data:`GLUE_PARTS` for a glue search in
-    dimensions 17-23, else :func:`auto_parts`."""
+    dimensions 16-23, else :func:`auto_parts`."""
     if glue and dim in GLUE_PARTS:
         return list(GLUE_PARTS[dim])
     return list(auto_parts(dim))

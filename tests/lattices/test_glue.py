@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from llvq.lattices import enumerate_points, get_lattice, nsm
-from llvq.lattices.design import LatticeParametrization, check_design, design_lattice
+from llvq.lattices.design import (
+    GLUE_PARTS,
+    LatticeParametrization,
+    auto_parts,
+    check_design,
+    default_parts,
+    design_lattice,
+)
 from llvq.lattices.glue import _glued_coefficients, coset_norms, glue_search, min_norm
 
 
@@ -84,6 +91,14 @@ def test_no_glue_leaves_the_sum() -> None:
     assert r.index_bits == 0 and r.code == []
     g, se = nsm(r.generator, 20_000, seed=0)
     assert abs(g - 1 / 12) < 4 * se
+
+
+def test_default_parts() -> None:
+    assert default_parts(16, glue=True) == ["E8", "E8"]
+    assert default_parts(22, glue=True) == ["Lambda16", "E6"]
+    assert default_parts(22) == list(auto_parts(22))  # no glue: the best splice pair
+    assert default_parts(13, glue=True) == list(auto_parts(13))  # no glue default below 16
+    assert all(sum(get_lattice(p).dim for p in parts) == n for n, parts in GLUE_PARTS.items())
 
 
 def test_search_is_seeded() -> None:
