@@ -8,9 +8,11 @@ seeded generator (step ``t`` uses seed ``(seed, t)``, so a resumed run draws wha
 uninterrupted one would). ``train_dataloader`` yields step indices only. Each step: ``u ~
 U[0,1)^n``, exact closest point, NSM loss (Agrell & Eriksson 1998, eq. 11-13), one SGD step
 with the annealed size ``lr / (1 + t / anneal)``, renormalise to unit volume, and every
-``reduce_every`` steps an LLL reduction (``free``). At the end (rank zero) the precise NSM ± s.e.
-is estimated and the generator is written to ``<output_dir>/lattice_dim<d>_<method>.safetensors``
-(tensor ``generator``, rows = basis; metadata nsm, se, method, dim, seed, parts).
+``reduce_every`` steps an LLL reduction (``free``). With ``glue=True`` the start is the densest
+glued superlattice of the parts (:mod:`llvq.lattices.glue`) instead of their splice. At the end
+(rank zero) the precise NSM ± s.e. is estimated and the generator is written to
+``<output_dir>/lattice_dim<d>_<method>.safetensors`` (tensor ``generator``, rows = basis;
+metadata nsm, se, method, dim, seed, parts, glue_index_bits).
 """
 
 from __future__ import annotations
@@ -25,13 +27,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
-from llvq.lattices.design import (
-    LatticeParametrization,
-    lr_at,
-    nsm_loss,
-    precise_nsm,
-    save_designed,
-)
+from llvq.lattices.design import LatticeParametrization, lr_at, nsm_loss, precise_nsm, save_designed
 
 __all__ = ["LatticeDesignModule"]
 
