@@ -1,4 +1,4 @@
-"""Compare VQ-VAE, VQ-VAE (EMA), LL-VQ-VAE and an identity bottleneck on `photos`.
+"""Compare autoencoder bottlenecks on `photos`: by default VQ-VAE, VQ-VAE (EMA), LL-VQ-VAE, identity.
 
 Same architecture, data, seed and step budget for each; reports validation reconstruction MSE,
 distinct codes used over the validation set (the LL-VQ-VAE paper's "embeddings/dataset"),
@@ -8,6 +8,14 @@ cost on 65,536 vectors (K = 512, D = 64), and the training-step overhead of each
 
     python bench/ae_compare.py                 # ~5-10 minutes on 2 CPU cores
     python bench/ae_compare.py --steps 50      # quick look
+    python bench/ae_compare.py --quantizers identity e8 myq   # any registered name, plugins too
+
+`--quantizers` takes any registry name (`llvq.quantizers.list_quantizers()`), including those of
+outside plugins (entry points of the `llvq.plugins` group, or `--plugins mod ...` for plain
+modules). A name with `configs/model/quantizer/<name>.yaml` uses it (and the paper's experiment
+for vq, vq_ema and llvq); any other name is built as `model/quantizer=identity
+model.quantizer.name=<name>`; `--set NAME:KEY=VALUE` passes an override to one quantizer's
+runs (`--set myq:+model.quantizer.step=0.5`), `--set KEY=VALUE` to all.
 
 Writes bench/results/ae_compare.json.
 """
@@ -28,10 +36,15 @@ from omegaconf import open_dict
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import markdown_table, write_result
 
-from llvq.quantizers import build
+from llvq.plugins import load_plugins
+from llvq.quantizers import build, list_quantizers
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENT = {"identity": None, "vq": "vqvae", "vq_ema": "vqvae_ema", "llvq": "llvqvae"}
+DEFAULT = ["identity", "vq", "vq_ema", "llvq"]
+# the LL-VQ-VAE paper's settings for its three bottlenecks; other names run with the defaults
+EXPERIMENT = {"vq": "vqvae", "vq_ema": "vqvae_ema", "llvq": "llvqvae"}
+#: extra overrides (`--set`): (quantizer name or None for every one, override)
+EXTRA: list[tuple[str | None, str]] = []
 
 
 class StepTimer(L.Callback):
@@ -47,10 +60,18 @@ class StepTimer(L.Callback):
         self.times.append(time.perf_counter() - self._t)
 
 
+def quantizer_overrides(name: str) -> list[str]:
+    """Overrides selecting the quantizer ``name``: its config file, or any config renamed."""
+    if (ROOT / "configs" / "model" / "quantizer" / f"{name}.yaml").is_file():
+        return [f"model/quantizer={name}"]
+    return ["model/quantizer=identity", f"model.quantizer.name={name}"]  # a plugin's quantizer
+
+
 def compose_for(name: str, batch_size: int):
-    overrides = [f"model/quantizer={name}", f"data.batch_size={batch_size}"]
-    if EXPERIMENT[name]:
+    overrides = [*quantizer_overrides(name), f"data.batch_size={batch_size}"]
+    if name in EXPERIMENT:
         overrides.append(f"experiment={EXPERIMENT[name]}")
+    overrides += [o for scope, o in EXTRA if scope in (None, name)]
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     with open_dict(cfg):
@@ -158,12 +179,27 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400, help="training steps per model")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quantizers", nargs="+", default=list(EXPERIMENT))
+    parser.add_argument("--quantizers", nargs="+", default=DEFAULT,
+                        help="registered quantizer names (default: %(default)s)")
+    parser.add_argument("--plugins", nargs="+", default=[], metavar="MODULE",
+                        help="plain modules to import (entry-point plugins load anyway)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="config overrides: NAME:KEY=VALUE for one quantizer's model, "
+                             "KEY=VALUE for every model")
+    parser.add_argument("--no-save", action="store_true",
+                        help="print the tables only; leave bench/results/ae_compare.json as is")
     parser.add_argument("--vectors", type=int, default=65_536)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--overhead-steps", type=int, default=100,
                         help="interleaved training steps per model for the overhead ratio")
     args = parser.parse_args()
+    load_plugins(args.plugins)
+    unknown = [n for n in args.quantizers if n not in list_quantizers()]
+    if unknown:
+        parser.error(f"unknown quantizer(s) {unknown}; registered: {', '.join(list_quantizers())}")
+    for item in args.overrides:
+        scope, sep, override = item.partition(":")
+        EXTRA.append((scope, override) if sep and "=" not in scope else (None, item))
 
     rows = []
     for name in args.quantizers:
@@ -181,6 +217,8 @@ def main() -> None:
     print(markdown_table(cost, ["quantizer", "fwd_bwd_ms", "ratio_vs_vq"]))
     print()
     print(markdown_table(overhead, ["quantizer", "step_ms_median", "ratio_vs_identity"]))
+    if args.no_save:
+        return
     path = write_result("ae_compare", {"settings": vars(args), "training": rows,
                                         "quantizer_cost": cost, "step_overhead": overhead})
     print(f"\nwrote {path}")

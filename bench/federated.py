@@ -14,8 +14,8 @@ least-error scale instead of an overload target):
 Reported per run: the test accuracy after the last round and averaged over the last 5 rounds,
 the accuracy every 5 rounds, total bits sent, the mean SNR of the averaged updates, the
 overload rate, and for OLALa the share of client updates sent with a learned lattice and their
-mean gain over A2. The rounds run through :meth:`~llvq.modules.FederatedModule.run_round` (the
-same code as ``training_step``) without the trainer. Writes ``bench/results/federated.json``.
+mean gain over A2. The rounds run through :meth:`~llvq.modules.FederatedModule.run_round` and
+:meth:`~llvq.modules.FederatedModule.apply_update` (the same code as ``run_unit``) without the trainer. Writes ``bench/results/federated.json``.
 """
 
 from __future__ import annotations
@@ -54,9 +54,7 @@ def one_run(alpha: float, rate: int, variant: str, args: argparse.Namespace) -> 
     for t in range(args.rounds):
         avg, s = module.run_round(t)
         if avg is not None:
-            with torch.no_grad():
-                vec = torch.nn.utils.parameters_to_vector(module.net.parameters()) + avg.float()
-                torch.nn.utils.vector_to_parameters(vec, module.net.parameters())
+            module.apply_update(avg)  # the server's step of run_unit (server_lr = 1: FedAvg)
         bits += s["bits"]
         if s["noise"] > 0:
             snr.append(10 * torch.log10(torch.tensor(s["signal"] / s["noise"])).item())

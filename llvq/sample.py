@@ -3,7 +3,8 @@
 ``llvq-sample PRIOR_CKPT --num 16 --out samples.png`` (or ``python -m llvq.sample``). The prior
 checkpoint carries the vocabulary (token id → code); the autoencoder checkpoint is the one the
 codes were exported from (recorded in the export's manifest) unless ``--autoencoder`` says
-otherwise. Both checkpoints are read with ``torch.load(weights_only=True)``.
+otherwise. Both checkpoints are read with ``torch.load(weights_only=True)`` after the outside
+plugins are loaded (:mod:`llvq.checkpoints`).
 """
 
 from __future__ import annotations
@@ -18,24 +19,13 @@ import torch
 from torch import Tensor
 from torchvision.utils import save_image
 
-from llvq.export import load_autoencoder, load_checkpoint
+from llvq.modules.autoencoder import load_autoencoder
+from llvq.modules.prior import load_prior
+from llvq.plugins import load_plugins
 
 __all__ = ["grid_size", "load_prior", "main", "sample_images"]
 
 PADDING = 2
-
-
-def load_prior(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """Rebuild a :class:`~llvq.modules.PriorModule` from its checkpoint, in eval mode."""
-    from llvq.modules import PriorModule
-
-    ckpt = load_checkpoint(path)
-    hparams = dict(ckpt["hyper_parameters"])
-    if "manifest" not in hparams:
-        raise ValueError(f"{path} is not a prior checkpoint (train one with experiment=prior)")
-    model = PriorModule(**hparams)
-    model.load_state_dict(ckpt["state_dict"])
-    return model.to(map_location).eval()
 
 
 @torch.no_grad()
@@ -93,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run_cli(argv: list[str] | None = None) -> Path:
     """Entry point of ``llvq-sample``; returns the PNG path."""
     args = build_parser().parse_args(argv)
+    load_plugins()  # before the checkpoints: the autoencoder's quantizer may be a plugin's
     if args.num < 1:
         raise SystemExit("llvq-sample: --num must be >= 1")
     prior = load_prior(args.prior, args.device)

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
+from llvq.checkpoints import UntrustedTargetError, check_targets, trusted_packages
 from llvq.export import (
     ExportIntegrityError,
     decode_export,
@@ -103,12 +104,26 @@ def test_identity_has_nothing_to_export(tmp_path: Path) -> None:
         export_codes(model, loader, tmp_path / "export", progress=False)
 
 
-def test_checkpoint_may_only_name_llvq_classes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("target", ["os.system", "llvq.cli.os.system", "llvq.codes_format.json",
+                                    "llvq.no_such_module.Thing"])
+def test_checkpoint_may_only_name_llvq_classes(target: str, tmp_path: Path) -> None:
+    """A target must start with a trusted package AND resolve to a class or function defined
+    there: ``llvq.cli.os.system`` names llvq but is :func:`os.system`."""
     model, _ = _model_and_loader("vq", tmp_path)
-    hparams = {**dict(model.hparams), "encoder": {"_target_": "os.system", "command": "true"}}
+    hparams = {**dict(model.hparams), "encoder": {"_target_": target, "command": "true"}}
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams}, tmp_path / "x.ckpt")
-    with pytest.raises(ValueError, match="refusing to instantiate"):
+    with pytest.raises(UntrustedTargetError, match="_target_="):
         load_checkpoint(tmp_path / "x.ckpt")
+
+
+def test_trusted_targets_are_llvq_and_loaded_plugins() -> None:
+    check_targets({"_target_": "llvq.quantizers.build", "q": [{"_target_": "llvq.nn.ConvEncoder"}]},
+                  "cfg")
+    with pytest.raises(UntrustedTargetError, match="refusing to instantiate"):
+        check_targets({"a": [{"_target_": "json.loads"}]}, "cfg")
+    # a plugin's package is trusted once loaded (the subprocess test in test_plugins.py loads one)
+    check_targets({"_target_": "json.loads"}, "cfg", trusted={"llvq", "json"})
+    assert "llvq" in trusted_packages()
 
 
 def test_export_prior_sample_end_to_end(tmp_path: Path) -> None:
@@ -155,7 +170,7 @@ def test_console_entry_points_return_none(monkeypatch) -> None:
 def test_codes_are_stored_narrow_and_loaded_as_int64(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    from llvq.export import load_export
+    from llvq.codes_format import load_export
     from tests.callbacks._fake import write_tiny_export
 
     path = write_tiny_export(tmp_path / "export")
@@ -164,3 +179,14 @@ def test_codes_are_stored_narrow_and_loaded_as_int64(tmp_path: Path) -> None:
     assert json.loads((path / "manifest.json").read_text())["stored_dtypes"]["codes"] == "int8"
     loaded = load_export(path)
     assert loaded.codes.dtype == torch.int64 and torch.equal(loaded.codes, stored["codes"].long())
+
+
+def test_export_loads_the_plugins_of_the_checkpoint_run(tmp_path: Path) -> None:
+    from llvq.export import run_plugins
+
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    assert run_plugins(ckpt) == []  # no saved config: nothing to add
+    (tmp_path / "run" / ".hydra").mkdir()
+    (tmp_path / "run" / ".hydra" / "config.yaml").write_text("plugins: [mypkg.quantizers]\n")
+    assert run_plugins(ckpt) == ["mypkg.quantizers"]

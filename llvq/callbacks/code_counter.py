@@ -1,4 +1,4 @@
-"""Exact counts of the integer codes a quantizer emits, and the usage statistics built on them.
+"""Exact counts of the integer codes a quantizer emits (statistics: :mod:`llvq.code_stats`).
 
 A *code* is what one latent vector quantizes to: an index ``k`` for a finite codebook
 (``vector_codes = False``) or an integer lattice vector ``u ∈ Z^D`` (``vector_codes = True``,
@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from llvq.code_stats import usage_stats
+
 __all__ = ["CodeCounter", "usage_stats"]
 
 
@@ -29,31 +31,6 @@ def _merge(rows: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
     uniq, inverse = torch.unique(rows, dim=0, return_inverse=True)  # (V, w), (n,)
     summed = torch.zeros(uniq.shape[0], dtype=torch.int64).index_add_(0, inverse, counts)
     return uniq, summed
-
-
-def usage_stats(counts: Tensor, codebook_size: int | None = None) -> dict[str, float]:
-    """Usage statistics of a table of code counts.
-
-    Args:
-        counts: ``(V,)`` occurrences of each distinct code (zeros allowed).
-        codebook_size: ``K`` of a finite codebook; adds ``dead_fraction`` when given.
-
-    Returns:
-        ``vectors`` (N), ``distinct``, ``entropy_bits`` (bits per latent vector),
-        ``perplexity`` (2^H) and, for finite codebooks, ``dead_fraction``.
-    """
-    counts = counts[counts > 0].to(torch.float64)
-    total = float(counts.sum())
-    if total == 0:
-        entropy = 0.0
-    else:
-        p = counts / total
-        entropy = float(-(p * torch.log2(p)).sum())
-    stats = {"vectors": total, "distinct": float(counts.numel()), "entropy_bits": entropy,
-             "perplexity": 2.0 ** entropy}
-    if codebook_size is not None:
-        stats["dead_fraction"] = 1.0 - counts.numel() / codebook_size
-    return stats
 
 
 class CodeCounter:

@@ -36,7 +36,7 @@ def _new_counter(pl_module: Any) -> CodeCounter | None:
     q = quantizer_of(pl_module)
     if q is None or not q.integer_codes:
         return None
-    size = None if q.vector_codes else getattr(q, "codebook_size", None)
+    size = None if q.vector_codes else q.codebook_size
     return CodeCounter(vector_codes=q.vector_codes, codebook_size=size)
 
 

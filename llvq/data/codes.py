@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from llvq.codes_format import load_export
 from llvq.data.base import require_fraction, require_int, split_off
 
 __all__ = ["CodesDataModule"]
@@ -50,8 +51,6 @@ class CodesDataModule(L.LightningDataModule):
         """Load and verify the export, flatten each grid to a sequence, split."""
         if self.train_set is not None:
             return
-        from llvq.export import load_export
-
         export = load_export(self.path)
         self.manifest = export.manifest
         tokens = export.tokens.flatten(1)  # (N, h*w) raster order

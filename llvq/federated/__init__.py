@@ -9,6 +9,10 @@ A round (:class:`~llvq.modules.federated.FederatedModule`): the server sends the
 weights, every answering client runs local SGD, compresses ``h = w_client - w_global``
 at ``R`` bits per coordinate (fixed-length indices, side information counted), and the
 server validates, decompresses and averages the updates weighted by client data size.
+
+Compressors, client models and data sets are registries (:data:`COMPRESSORS`, :data:`MODELS`,
+:data:`DATASETS`, each a :class:`llvq.registry.Registry`): an outside package registers its own
+and selects it by name (``model.compressor``, ``model.model``, ``model.dataset``).
 """
 
 from llvq.federated.allocation import allocate_rates, fpld_allocation
@@ -16,25 +20,35 @@ from llvq.federated.compressors import (
     COMPRESSORS,
     Compressor,
     LatticeCompressor,
-    OlalaCompressor,
-    Payload,
-    PayloadError,
+    NoneCompressor,
+    QSGDCompressor,
+    UniformCompressor,
     build_compressor,
 )
-from llvq.federated.models import build_model
+from llvq.federated.data import DATASETS, load_federated_data
+from llvq.federated.models import MODELS, build_model
+from llvq.federated.olala import GeneratorNet, OlalaCompressor
+from llvq.federated.payload import Payload, PayloadError
 from llvq.federated.split import dirichlet_split, iid_split
 
 __all__ = [
     "COMPRESSORS",
+    "DATASETS",
+    "MODELS",
     "Compressor",
+    "GeneratorNet",
     "LatticeCompressor",
+    "NoneCompressor",
     "OlalaCompressor",
     "Payload",
     "PayloadError",
+    "QSGDCompressor",
+    "UniformCompressor",
     "allocate_rates",
     "build_compressor",
     "build_model",
     "dirichlet_split",
     "fpld_allocation",
     "iid_split",
+    "load_federated_data",
 ]

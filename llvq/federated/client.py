@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from llvq.federated.compressors import Compressor, Payload
+from llvq.federated.compressors import Compressor
+from llvq.federated.payload import Payload
 
 __all__ = ["local_update", "round_seed"]
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from llvq.federated.compressors import Compressor, Payload, PayloadError
+from llvq.federated.compressors import Compressor
+from llvq.federated.payload import Payload, PayloadError
 
 __all__ = ["RoundSums", "receive"]
 

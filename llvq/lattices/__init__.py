@@ -8,6 +8,10 @@
 
 Rows of a generator are basis vectors: lattice points are ``u @ G`` for integer ``u``.
 Nothing here knows about training; quantizers in :mod:`llvq.quantizers` compose it.
+
+Named lattices come from one registry (:mod:`llvq.lattices.registry`): each construction is a
+function decorated with :func:`register_lattice` (name, reference NSM, fast decoder), inside
+llvq (:mod:`llvq.lattices.generators`) or in an outside package's plugin module.
 """
 
 from llvq.lattices.codes import bounded_code
@@ -19,19 +23,32 @@ from llvq.lattices.counting import (
                                     overload_probability,
 )
 from llvq.lattices.dither import dithered_dequantize, dithered_quantize, sample_dither
-from llvq.lattices.generators import BEST_KNOWN, get_lattice, list_lattices
+from llvq.lattices.generators import golay_code
 from llvq.lattices.io import load_generator, load_lattice, save_generator
-from llvq.lattices.lattice import Lattice, as_lattice
+from llvq.lattices.lattice import Lattice
 from llvq.lattices.nsm import nsm, nsm_samples
 from llvq.lattices.reduction import lll
+from llvq.lattices.registry import (
+    BEST_KNOWN,
+    LATTICES,
+    BestKnown,
+    as_lattice,
+    best_known,
+    get_lattice,
+    list_lattices,
+    register_lattice,
+)
 from llvq.lattices.sphere import METHODS, check_generator, closest_coordinates, closest_point
 
 __all__ = [
                                     "BEST_KNOWN",
+                                    "LATTICES",
                                     "METHODS",
+                                    "BestKnown",
                                     "Lattice",
                                     "as_lattice",
                                     "ball_volume",
+                                    "best_known",
                                     "bounded_code",
                                     "check_generator",
                                     "closest_coordinates",
@@ -42,6 +59,7 @@ __all__ = [
                                     "enumerate_points",
                                     "estimate_count",
                                     "get_lattice",
+                                    "golay_code",
                                     "list_lattices",
                                     "lll",
                                     "load_generator",
@@ -49,6 +67,7 @@ __all__ = [
                                     "nsm",
                                     "nsm_samples",
                                     "overload_probability",
+                                    "register_lattice",
                                     "sample_dither",
                                     "save_generator",
 ]

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from llvq.lattices.lattice import Lattice, as_lattice
+from llvq.lattices.lattice import Lattice
+from llvq.lattices.registry import as_lattice
 from llvq.lattices.sphere import prepare
 
 __all__ = [

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from llvq.lattices.lattice import Lattice, as_lattice
+from llvq.lattices.lattice import Lattice
+from llvq.lattices.registry import as_lattice
 
 __all__ = ["dithered_dequantize", "dithered_quantize", "sample_dither"]
 

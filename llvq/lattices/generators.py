@@ -1,4 +1,4 @@
-"""Generator matrices of the classic lattices, by name (Conway & Sloane, SPLAG ch. 4, 6).
+"""The classic lattices, each declared once in the lattice registry (Conway & Sloane, SPLAG ch. 4, 6).
 
 Every generator is square with ROWS as basis vectors; lattices defined in a larger ambient
 space (A_n in the hyperplane ``sum = 0`` of R^(n+1), sections of E8 and the Leech lattice)
@@ -11,12 +11,17 @@ Names (case-insensitive; any name followed by ``*`` is the dual lattice):
     (Leech), ``Lambda17`` ... ``Lambda23`` (sections of the Leech lattice orthogonal to
     E7, E6, D5, D4, A3, A2, A1 in an octad), ``BW16_D4``, ``BW16_A3``, ``BW16_A2``,
     ``BW16_A1`` (sections of Lambda16).
+
+Each construction below is one function decorated with
+:func:`~llvq.lattices.registry.register_lattice`, carrying its reference NSM (the independent
+Monte-Carlo column of the NSM table, ``/reference/nsm.md``) when it is the lattice llvq uses
+for its dimension; :data:`~llvq.lattices.registry.BEST_KNOWN` and the design tables are read
+from there. Adding a lattice means adding one such function.
 """
 
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -32,27 +37,18 @@ from llvq.lattices.fast import (
 from llvq.lattices.integer import basis_from_generators, integer_left_kernel, project_to_span
 from llvq.lattices.lattice import Lattice
 from llvq.lattices.reduction import lll
+from llvq.lattices.registry import (
+    BEST_KNOWN,
+    BestKnown,
+    get_lattice,
+    list_lattices,
+    register_lattice,
+)
 
 __all__ = ["AE9_HEIGHT", "BEST_KNOWN", "get_lattice", "golay_code", "list_lattices"]
 
 #: height of the glue vector of AE9 (Agrell & Allen 2023); nsm.md lists 0.573224.
 AE9_HEIGHT = 0.573224
-
-#: the lattice used for each dimension 1-24 in the NSM table (see docs/lattices.md).
-BEST_KNOWN: dict[int, str] = {
-    1: "Z1", 2: "A2", 3: "A3*", 4: "D4", 5: "D5*", 6: "E6*", 7: "E7*", 8: "E8", 9: "AE9",
-    10: "D10+", 11: "A11^3", 12: "BW16_D4", 13: "BW16_A3", 14: "BW16_A2", 15: "BW16_A1*",
-    16: "Lambda16", 17: "Lambda17", 18: "Lambda18", 19: "Lambda19", 20: "Lambda20",
-    21: "Lambda21", 22: "Lambda22", 23: "Lambda23", 24: "Lambda24",
-}
-
-_FIXED = ("E6", "E7", "E8", "AE9", "A11^3", "Lambda16", "Lambda24", "Leech", "BW16",
-          *(f"Lambda{n}" for n in range(17, 24)), "BW16_D4", "BW16_A3", "BW16_A2", "BW16_A1")
-
-
-def list_lattices() -> list[str]:
-    """Fixed lattice names plus the families ``Z<n>, A<n>, A<n>*, D<n>, D<n>*, D<n>+``."""
-    return ["Z<n>", "A<n>", "A<n>*", "D<n>", "D<n>*", "D<n>+", *_FIXED, "<name>*"]
 
 
 def _t(a: np.ndarray | Sequence) -> torch.Tensor:
@@ -67,17 +63,24 @@ def _dn_basis(n: int) -> np.ndarray:
     return b
 
 
+@register_lattice("Z<n>", pattern=r"z(\d+)\*?", fast="zn", best=[BestKnown(1, "Z1", 1 / 12)])
 def _zn(n: int) -> Lattice:
+    """The integer lattice Z^n (self-dual: ``Z<n>*`` is ``Z<n>``)."""
     return Lattice(f"Z{n}", torch.eye(n, dtype=torch.float64), decode_zn, "zn")
 
 
+@register_lattice("D<n>", pattern=r"d(\d+)", fast="dn", best=[BestKnown(4, "D4", 0.076603)])
 def _dn(n: int) -> Lattice:
+    """The checkerboard lattice D_n (integer points with an even sum)."""
     if n < 2:
         raise ValueError(f"lattice D{n}: D_n needs n >= 2")
     return Lattice(f"D{n}", _t(_dn_basis(n)), decode_dn, "dn")
 
 
+@register_lattice("D<n>+", pattern=r"d(\d+)\+", fast="dn+",
+                  best=[BestKnown(10, "D10+", 0.070814)])
 def _dn_plus(n: int) -> Lattice:
+    """D_n^+ = D_n ∪ (D_n + ½), a lattice for even n (``D8+`` is ``E8``)."""
     if n < 2 or n % 2:
         raise ValueError(f"lattice D{n}+: D_n^+ is a lattice only for even n >= 2")
     b = np.zeros((n, n))
@@ -91,7 +94,9 @@ def _dn_plus(n: int) -> Lattice:
     return Lattice(name, _t(b), CosetDecoder(decode_dn, glue), "dn+")
 
 
+@register_lattice("D<n>*", pattern=r"d(\d+)\*", fast="dn*", best=[BestKnown(5, "D5*", 0.075625)])
 def _dn_star(n: int) -> Lattice:
+    """The dual D_n^* = Z^n ∪ (Z^n + ½)."""
     if n < 2:
         raise ValueError(f"lattice D{n}*: D_n* needs n >= 2")
     b = np.eye(n)
@@ -112,7 +117,9 @@ def _an_glue(n: int) -> np.ndarray:
     return g
 
 
+@register_lattice("A<n>", pattern=r"a(\d+)", fast="an", best=[BestKnown(2, "A2", 0.080188)])
 def _an(n: int) -> Lattice:
+    """The root lattice A_n (the hyperplane ``sum = 0`` of Z^(n+1)), in an orthonormal basis."""
     if n < 1:
         raise ValueError(f"lattice A{n}: A_n needs n >= 1")
     q = helmert_basis(n).numpy()  # (n+1, n)
@@ -122,7 +129,9 @@ def _an(n: int) -> Lattice:
     return Lattice(f"A{n}", _t(amb @ q), AnDecoder(n), "an")
 
 
+@register_lattice("A<n>*", pattern=r"a(\d+)\*", fast="an*", best=[BestKnown(3, "A3*", 0.078543)])
 def _an_star(n: int) -> Lattice:
+    """The dual A_n^*: A_n and its n glue classes (``A3*`` is the body-centred cubic lattice)."""
     base = _an(n)
     glue = _t(_an_glue(n) @ helmert_basis(n).numpy())
     g = torch.linalg.inv(base.generator).T.contiguous()
@@ -214,80 +223,84 @@ def _root_spans(kind: str, pos: Sequence[int], size: int) -> list[list[int]]:
     raise ValueError(kind)
 
 
-_LEECH_PERP = {23: "A1", 22: "A2", 21: "A3", 20: "D4", 19: "D5", 18: "E6", 17: "E7"}
+@register_lattice("E6", best=[BestKnown(6, "E6*", 0.074244)])
+def _e6() -> Lattice:
+    """E6: the vectors of E8 orthogonal to an A2."""
+    return _e8_section([[0, 0, 0, 0, 0, 1, -1, 0], [0, 0, 0, 0, 0, 0, 1, -1]], "E6")
 
 
-def _fixed(key: str) -> Lattice:
-    if key == "e8":
-        return _dn_plus(8)
-    if key == "e7":
-        return _e8_section([[0, 0, 0, 0, 0, 0, 1, -1]], "E7")
-    if key == "e6":
-        return _e8_section([[0, 0, 0, 0, 0, 1, -1, 0], [0, 0, 0, 0, 0, 0, 1, -1]], "E6")
-    if key == "ae9":
-        b = np.zeros((9, 9))
-        b[:8, :8] = _dn_basis(8)
-        b[8, :8], b[8, 8] = 0.5, AE9_HEIGHT
-        return Lattice("AE9", _t(b))
-    if key == "a11^3":
-        gens = [[3 * int(j == i) - 3 * int(j == i + 1) for j in range(12)] for i in range(11)]
-        gens.append([1] * 8 + [-2] * 4)
-        basis = basis_from_generators(gens).astype(np.float64) / 3.0
-        red, _ = lll(project_to_span(basis))
-        return Lattice("A11^3", _t(red))
-    if key in ("lambda16", "bw16"):
-        return _integral(_bw16_generators(), 2 ** -0.5, "Lambda16")
-    if key in ("lambda24", "leech"):
-        return _integral(_leech_generators(), 8 ** -0.5, "Lambda24")
-    m = re.fullmatch(r"lambda(\d+)", key)
-    if m and int(m.group(1)) in _LEECH_PERP:
-        n = int(m.group(1))
-        octad = np.flatnonzero(golay_code()[0]).tolist()
-        spans = _root_spans(_LEECH_PERP[n], octad, 24)
-        return _section(_leech_generators(), spans, 8 ** -0.5, f"Lambda{n}")
-    m = re.fullmatch(r"bw16_([ad]\d)", key)
-    if m:
-        kind = m.group(1).upper()
-        spans = _root_spans(kind, list(range(16)), 16)
-        return _section(_bw16_generators(), spans, 2 ** -0.5, f"BW16_{kind}")
-    raise KeyError(key)
+@register_lattice("E7", best=[BestKnown(7, "E7*", 0.073116)])
+def _e7() -> Lattice:
+    """E7: the vectors of E8 orthogonal to an A1."""
+    return _e8_section([[0, 0, 0, 0, 0, 0, 1, -1]], "E7")
 
 
-@functools.cache
-def _build(key: str) -> Lattice:
-    m = re.fullmatch(r"([zad])(\d+)([*+]?)", key)
-    if m:
-        fam, n, suffix = m.group(1), int(m.group(2)), m.group(3)
-        if n < 1 or n > 1024:
-            raise ValueError(f"lattice dimension must be in 1..1024, got {n}")
-        builders = {("z", ""): _zn, ("d", ""): _dn, ("d", "+"): _dn_plus, ("d", "*"): _dn_star,
-                    ("a", ""): _an, ("a", "*"): _an_star}
-        if (fam, suffix) in builders:
-            return builders[(fam, suffix)](n)
-        if fam == "z" and suffix == "*":
-            return _zn(n)
-    try:
-        return _fixed(key)
-    except KeyError:
-        pass
-    if key.endswith("*"):
-        return _build(key[:-1]).dual()
-    raise KeyError(key)
+@register_lattice("E8", nsm=0.071682, best_for=8, fast="dn+")
+def _e8() -> Lattice:
+    """E8 = D8^+ (Gosset), with the Conway–Sloane coset decoder."""
+    return _dn_plus(8)
 
 
-def get_lattice(name: str) -> Lattice:
-    """The classic lattice called ``name`` (see the module docstring for the names).
+@register_lattice("AE9", nsm=0.071623, best_for=9)
+def _ae9() -> Lattice:
+    """D8 layered with the glue vector ``(1/2^8, AE9_HEIGHT)`` (Agrell & Allen 2023)."""
+    b = np.zeros((9, 9))
+    b[:8, :8] = _dn_basis(8)
+    b[8, :8], b[8, 8] = 0.5, AE9_HEIGHT
+    return Lattice("AE9", _t(b))
 
-    Args:
-        name: e.g. ``"E8"``, ``"D4"``, ``"A2"``, ``"A3*"``, ``"D10+"``, ``"Lambda24"``.
 
-    Raises:
-        ValueError: for an unknown name (the message lists the known ones).
-    """
-    if not isinstance(name, str):
-        raise TypeError(f"lattice name must be a string, got {name!r}")
-    try:
-        return _build(name.strip().lower())
-    except KeyError:
-        raise ValueError(f"unknown lattice '{name}'; known lattices: "
-                         f"{', '.join(list_lattices())} (set `lattice`)") from None
+@register_lattice("A11^3", nsm=0.070426, best_for=11)
+def _a11_glue3() -> Lattice:
+    """A11 with glue [4] (index 3 over A11)."""
+    gens = [[3 * int(j == i) - 3 * int(j == i + 1) for j in range(12)] for i in range(11)]
+    gens.append([1] * 8 + [-2] * 4)
+    basis = basis_from_generators(gens).astype(np.float64) / 3.0
+    red, _ = lll(project_to_span(basis))
+    return Lattice("A11^3", _t(red))
+
+
+@register_lattice("Lambda16", "BW16", nsm=0.068301, best_for=16)
+def _barnes_wall() -> Lattice:
+    """The Barnes–Wall lattice Λ16 (Construction B on RM(1,4))."""
+    return _integral(_bw16_generators(), 2 ** -0.5, "Lambda16")
+
+
+@register_lattice("Lambda24", "Leech", nsm=0.065755, best_for=24)
+def _leech() -> Lattice:
+    """The Leech lattice Λ24, from the extended Golay code."""
+    return _integral(_leech_generators(), 8 ** -0.5, "Lambda24")
+
+
+def _leech_section(n: int, perp: str) -> Lattice:
+    """Λn for 17 <= n <= 23: the Leech vectors orthogonal to the root lattice ``perp`` in an
+    octad's E8."""
+    octad = np.flatnonzero(golay_code()[0]).tolist()
+    return _section(_leech_generators(), _root_spans(perp, octad, 24), 8 ** -0.5, f"Lambda{n}")
+
+
+def _bw16_section(kind: str) -> Lattice:
+    """The vectors of Λ16 orthogonal to the root lattice ``kind`` on the first coordinates."""
+    spans = _root_spans(kind, list(range(16)), 16)
+    return _section(_bw16_generators(), spans, 2 ** -0.5, f"BW16_{kind}")
+
+
+#: Λn = Λ24 ∩ N^⊥ (dimension n, the root lattice N) and its NSM (independent Monte-Carlo).
+_LEECH_SECTIONS = {17: ("E7", 0.068217), 18: ("E6", 0.067936), 19: ("D5", 0.067695),
+                   20: ("D4", 0.067324), 21: ("A3", 0.067035), 22: ("A2", 0.066656),
+                   23: ("A1", 0.066264)}
+for _n, (_perp, _nsm) in _LEECH_SECTIONS.items():
+    register_lattice(f"Lambda{_n}", nsm=_nsm, best_for=_n)(
+        functools.partial(_leech_section, _n, _perp))
+
+#: sections of Λ16 (dimension 16 - rank): the seeds of 12-15, 10^5-sample NSM ± 4e-5, next to
+#: the best known NSM of the dimension (its record lattices are not built here; nsm.md).
+_BW16_SECTIONS = {
+    "D4": [BestKnown(12, "BW16_D4", 0.070619, record=0.070031)],
+    "A3": [BestKnown(13, "BW16_A3", 0.071293, record=0.069693)],
+    "A2": [BestKnown(14, "BW16_A2", 0.071132, record=0.069261)],
+    "A1": [BestKnown(15, "BW16_A1*", 0.069295, record=0.068873)],
+}
+for _kind, _best in _BW16_SECTIONS.items():
+    register_lattice(f"BW16_{_kind}", best=_best)(functools.partial(_bw16_section, _kind))
+del _n, _perp, _nsm, _kind, _best

@@ -1,4 +1,7 @@
-"""The :class:`Lattice` record: a named generator and its closest-point decoder."""
+"""The :class:`Lattice` record: a named generator and its closest-point decoder.
+
+Names are resolved in :mod:`llvq.lattices.registry` (``get_lattice``, ``as_lattice``).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from torch import Tensor
 
 from llvq.lattices.sphere import _check_points, check_generator, closest_point, prepare
 
-__all__ = ["Lattice", "as_lattice"]
+__all__ = ["Lattice"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,13 +91,3 @@ class Lattice:
 
     def __repr__(self) -> str:
         return f"Lattice({self.name}, dim={self.dim}, volume={self.volume:.6g})"
-
-
-def as_lattice(obj: Lattice | Tensor | str) -> Lattice:
-    """A :class:`Lattice` from a lattice, a generator matrix or a registered name."""
-    if isinstance(obj, Lattice):
-        return obj
-    if isinstance(obj, str):
-        from llvq.lattices.generators import get_lattice
-        return get_lattice(obj)
-    return Lattice("custom", torch.as_tensor(obj))

@@ -14,7 +14,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from llvq.lattices.lattice import Lattice, as_lattice
+from llvq.lattices.lattice import Lattice
+from llvq.lattices.registry import as_lattice
 
 __all__ = ["nsm", "nsm_samples"]
 

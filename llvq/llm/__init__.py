@@ -3,19 +3,35 @@
 >>> from llvq.llm import load_quantized
 >>> model, tokenizer = load_quantized("logs/glvq_smollm2/runs/<time>/quantized")
 
+Modules: :mod:`~llvq.llm.settings` (the nested settings), :mod:`~llvq.llm.groups` (one layer
+as a grouped problem: grouping, side information, initialisation, decoding),
+:mod:`~llvq.llm.glvq` (the alternating optimisation), :mod:`~llvq.llm.allocation` (bit widths),
+:mod:`~llvq.llm.baselines` (RTN, HQQ and the ``LLM_BASELINES`` registry), :mod:`~llvq.llm.ptq`
+(block by block, DDP), :mod:`~llvq.llm.io` (export), :mod:`~llvq.llm.eval` (perplexity).
 ``transformers`` (the ``llm`` extra) is imported only when a model is loaded.
 """
 
-from llvq.llm.glvq import GLVQSettings, LayerResult, allocate_bits, quantize_layer, rtn_quantize
+from llvq.llm.allocation import allocate_bits
+from llvq.llm.baselines import LLM_BASELINES, BaselineOutput, apply_baseline, rtn_quantize
+from llvq.llm.glvq import quantize_layer
+from llvq.llm.groups import LayerResult, dequantize
 from llvq.llm.io import load_quantized, save_quantized
 from llvq.llm.models import load_causal_lm
 from llvq.llm.ptq import BlockwisePTQ
+from llvq.llm.settings import EvalSettings, GLVQSettings, LMSpec, PTQConfig
 
 __all__ = [
+    "LLM_BASELINES",
+    "BaselineOutput",
     "BlockwisePTQ",
+    "EvalSettings",
     "GLVQSettings",
+    "LMSpec",
     "LayerResult",
+    "PTQConfig",
     "allocate_bits",
+    "apply_baseline",
+    "dequantize",
     "load_causal_lm",
     "load_quantized",
     "quantize_layer",

@@ -34,8 +34,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from llvq.export import sha256_file
-from llvq.llm.glvq import LayerResult, dequantize
+from llvq.hashing import sha256_file
+from llvq.llm.groups import LayerResult, dequantize
 from llvq.llm.models import decoder_blocks, load_tokenizer
 
 __all__ = ["FORMAT", "load_quantized", "pack_bits", "save_quantized", "unpack_bits"]

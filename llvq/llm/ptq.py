@@ -1,9 +1,9 @@
-"""Block-by-block post-training quantization of a causal LM with GLVQ (or RTN).
+"""Block-by-block post-training quantization of a causal LM with GLVQ.
 
 The inputs of block ``i`` are the outputs of the already-quantized blocks ``0..i-1`` on the
 calibration windows (as in GPTQ). For each block: hooks on its linear layers accumulate
 ``H = sum_t x_t x_t^T`` over the calibration tokens; every linear layer is quantized from its
-``H`` (bit widths by salience-driven allocation, :func:`llvq.llm.glvq.allocate_bits`); the
+``H`` (bit widths by salience-driven allocation, :func:`llvq.llm.allocation.allocate_bits`); the
 dequantized weights replace the originals; the block is run again to produce the next inputs.
 
 Under ``torch.distributed`` (Lightning DDP) the calibration windows are shared out across
@@ -27,18 +27,18 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from llvq.llm.glvq import (
-    GLVQSettings,
+from llvq.llm.allocation import allocate_bits
+from llvq.llm.glvq import quantize_layer
+from llvq.llm.groups import (
+    LayerProblem,
     LayerResult,
-    _LayerProblem,
-    _relative_error,
-    allocate_bits,
     check_shapes,
     dequantize,
-    quantize_layer,
+    relative_error,
     side_bits,
 )
 from llvq.llm.models import block_linears, decoder_blocks
+from llvq.llm.settings import GLVQSettings
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ class BlockwisePTQ:
         avg = (budget - side) / w.numel()
         n = max(1, math.floor(avg + 0.5))  # as in allocate_bits
         if self.salience:
-            prob = _LayerProblem(w, h, s, name)
+            prob = LayerProblem(w, h, s, name)
             est = {b: prob.init_errors(torch.full((m,), b)) * prob.ref
                    for b in (n - 1, n, n + 1) if 1 <= b <= 8}
             bits = allocate_bits(est[n], budget - side, group_numel, estimate=est)
@@ -266,7 +266,7 @@ def _share_groups(res: LayerResult, mine: Tensor, w: Tensor, h: Tensor,
     gen, mu, scale = (p.to(torch.float16) for p in parts[1:])
     weight = dequantize(codes, gen, mu, scale, res.row_scale, res.bits, res.compand,
                         w.shape[0], s.group_size)
-    err = _relative_error(w, weight, h)
+    err = relative_error(w, weight, h)
     errs = torch.tensor([res.error_init, float(res.outer_steps)], dtype=torch.float64)
     dist.all_reduce(errs, op=dist.ReduceOp.MAX)
     return LayerResult(codes=codes, generator=gen, mu=mu, scale=scale, row_scale=res.row_scale,

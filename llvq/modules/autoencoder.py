@@ -11,6 +11,7 @@ with the channel-first ↔ channel-last change done once, here, with einops. Not
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -20,10 +21,11 @@ from einops import rearrange
 from torch import Tensor
 from torchmetrics.image import PeakSignalNoiseRatio
 
+from llvq.checkpoints import load_checkpoint
 from llvq.modules._build import build_module, to_container
 from llvq.quantizers.base import QuantizerOutput
 
-__all__ = ["AutoencoderModule"]
+__all__ = ["AutoencoderModule", "load_autoencoder"]
 
 
 def _images(batch: Any) -> Tensor:
@@ -122,3 +124,15 @@ class AutoencoderModule(L.LightningModule):
             return opt
         sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=self.hparams.lr_gamma)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+def load_autoencoder(path: str | Path, map_location: str | torch.device = "cpu") -> AutoencoderModule:
+    """Rebuild an :class:`AutoencoderModule` from its checkpoint, in eval mode.
+
+    The checkpoint is read by :func:`llvq.checkpoints.load_checkpoint` (``weights_only=True``,
+    plugins loaded, only ``_target_`` s of llvq and of loaded plugins).
+    """
+    ckpt = load_checkpoint(path)
+    model = AutoencoderModule(**ckpt["hyper_parameters"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(map_location).eval()

@@ -1,13 +1,15 @@
-"""GLVQ post-training quantization of a causal LM as a LightningModule (``model=llm_ptq``).
+"""GLVQ post-training quantization of a causal LM as a step job (``model=llm_ptq``).
 
-One training step quantizes one decoder block (:class:`llvq.llm.ptq.BlockwisePTQ`), so the
-trainer's progress bar runs over blocks, its loggers get per-layer scalars
-(``layers/<name>/{bits,error,mu,cond}``), a checkpoint after every block lets an interrupted
-run resume where it stopped (the checkpoint holds the quantized blocks' codes and side
-information, not the model), and under DDP the calibration windows and the groups of each
-layer are shared out across ranks. After the last block: perplexity of the quantized model,
-next to the full-precision model and group-wise RTN at the same code bits, and the export
-(:func:`llvq.llm.io.save_quantized`).
+One unit of work (:class:`llvq.modules.step_job.StepJob`) quantizes one decoder block
+(:class:`llvq.llm.ptq.BlockwisePTQ`), so the trainer's progress bar runs over blocks, its
+loggers get per-layer scalars (``layers/<name>/{bits,error,mu,cond}``), a checkpoint after
+every block lets an interrupted run resume where it stopped (the checkpoint holds the quantized
+blocks' codes and side information, not the model), and under DDP the calibration windows and
+the layers or groups of each block are shared out across ranks. After the last block:
+perplexity of the quantized model, next to the full-precision model and the baselines of
+``model.eval.baselines`` (:data:`llvq.llm.baselines.LLM_BASELINES`) at the same code bits, and
+the export (:func:`llvq.llm.io.save_quantized`). The settings are one nested
+:class:`llvq.llm.settings.PTQConfig`.
 """
 
 from __future__ import annotations
@@ -15,24 +17,24 @@ from __future__ import annotations
 import logging
 import math
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from llvq.data.text import TextDataModule
+from llvq.llm.baselines import LLM_BASELINES, apply_baseline
 from llvq.llm.eval import perplexity
-from llvq.llm.glvq import GLVQSettings, LayerResult, dequantize, rtn_quantize
+from llvq.llm.groups import LayerResult, dequantize
+from llvq.llm.io import save_quantized
 from llvq.llm.models import load_causal_lm, quantizable_linears
 from llvq.llm.ptq import BlockwisePTQ, dist_rank_world, layer_storage_bits
+from llvq.llm.settings import EvalSettings, GLVQSettings, LMSpec, PTQConfig
+from llvq.modules.step_job import StepJob
 
 log = logging.getLogger(__name__)
-# the module's "optimizer" never changes anything, so Lightning's note about checkpointing
-# the pre-optimization state of a manual-optimization run does not apply
-warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
 
 __all__ = ["LLMPTQModule"]
 
@@ -55,61 +57,55 @@ def _state_to_result(s: dict[str, Any], group_size: int) -> LayerResult:
                        compand=s["compand"])
 
 
-class LLMPTQModule(L.LightningModule):
-    """Quantize a causal LM's linear layers with GLVQ, one block per training step.
+class LLMPTQModule(StepJob):
+    """Quantize a causal LM's linear layers with GLVQ, one decoder block per unit.
+
+    The keyword arguments are the fields of :class:`llvq.llm.settings.PTQConfig` (the
+    ``model.*`` keys of ``configs/model/llm_ptq.yaml``); the nested ones take a dataclass, a
+    mapping or a Hydra node. Pass ``config=`` instead to give a whole ``PTQConfig``.
 
     Args:
-        lm: ``{name, gguf_file, dtype}``: ``tiny-llama``, ``smollm2`` or a Hugging Face id/path.
-        text: a :class:`llvq.data.text.TextDataModule` (calibration and evaluation text).
+        lm: the model (:class:`~llvq.llm.settings.LMSpec`): ``{name, gguf_file, dtype}``.
+        text: a :class:`llvq.data.text.TextDataModule` (calibration and evaluation text; not a
+            hyper-parameter, default ``TextDataModule()``).
         bits: target bits per weight including side information (>= 1; e.g. 2, 3, 1.5).
-        group_size: input columns per group (must divide every layer's input width).
-        lattice_dim: lattice dimension ``d`` (8; 16 and 32 allowed).
-        compand: per-group µ-law companding (the ablation turns it off).
         salience: salience-driven bit allocation (off: equal widths).
-        row_scale: per-output-row float16 scale before grouping.
-        error_feedback: groups left to right, each group's error folded into the later columns
-            (see :class:`llvq.llm.glvq.GLVQSettings`); ``damp`` regularises ``H`` for it.
-        max_outer, inner_steps, lr, reg, tol: the alternating optimisation (see GLVQSettings).
+        glvq: the per-layer optimisation (:class:`~llvq.llm.settings.GLVQSettings`).
         calib_batch_size: calibration windows per forward pass.
-        eval_fp, eval_rtn: also report the full-precision and RTN perplexities.
-        eval_batch_size: windows per forward pass when evaluating.
+        eval: the final evaluation (:class:`~llvq.llm.settings.EvalSettings`).
         export_dir: where the quantized model is written (``None``: ``<output_dir>/quantized``).
-        seed: seeds the tiny model and the calibration windows.
+        seed: seeds the tiny model.
+        config: a ready :class:`~llvq.llm.settings.PTQConfig` (then no other setting is given).
+
+    Raises:
+        ValueError: naming the setting (``model.glvq.lattice_dim``) for a bad value or key.
     """
 
-    def __init__(self, lm: dict | None = None, text: Any = None, bits: float = 2.0,
-                 group_size: int = 128, lattice_dim: int = 8, compand: bool = True,
-                 salience: bool = True, row_scale: bool = True, error_feedback: bool = True,
-                 damp: float = 0.01, max_outer: int = 6,
-                 inner_steps: int = 5, lr: float = 0.01, reg: float = 1e-3, tol: float = 1e-3,
-                 calib_batch_size: int = 4, eval_fp: bool = True, eval_rtn: bool = True,
-                 eval_batch_size: int = 4, export_dir: str | None = None, seed: int = 0) -> None:
+    def __init__(self, lm: LMSpec | dict | None = None, text: Any = None, bits: float = 2.0,
+                 salience: bool = True, glvq: GLVQSettings | dict | None = None,
+                 calib_batch_size: int = 4, eval: EvalSettings | dict | None = None,
+                 export_dir: str | None = None, seed: int = 0,
+                 config: PTQConfig | None = None) -> None:
         super().__init__()
-        if not isinstance(bits, int | float) or isinstance(bits, bool) or not bits >= 1:
-            raise ValueError(f"model.bits must be a number >= 1 (bits per weight), got {bits!r}")
-        if lattice_dim not in (2, 4, 8, 16, 32):
-            raise ValueError(f"model.lattice_dim must be one of 2, 4, 8, 16, 32, got {lattice_dim}")
-        if lm is not None and not isinstance(lm, dict):  # a Hydra DictConfig
-            from omegaconf import OmegaConf
-            lm = OmegaConf.to_container(lm, resolve=True)  # plain, so checkpoints load safely
-        self.save_hyperparameters(ignore=["text"])
-        self.automatic_optimization = False
-        self.lm_spec = {"name": "tiny-llama", "gguf_file": None, "dtype": "float32", **(lm or {})}
+        if config is None:
+            config = PTQConfig(lm=lm, bits=bits, salience=salience, glvq=glvq,
+                               calib_batch_size=calib_batch_size, eval=eval,
+                               export_dir=export_dir, seed=seed)
+        elif not isinstance(config, PTQConfig):
+            raise TypeError(f"config must be a PTQConfig, got {type(config).__name__}")
+        self.config = config
+        self.save_hyperparameters(config.to_dict())  # plain: the checkpoint rebuilds the module
         if text is None:
-            from llvq.data.text import TextDataModule
             text = TextDataModule()
         self.text = text
-        self.settings = GLVQSettings(group_size=group_size, lattice_dim=lattice_dim,
-                                     compand=compand, row_scale=row_scale,
-                                     error_feedback=error_feedback, damp=damp, max_outer=max_outer,
-                                     inner_steps=inner_steps, lr=lr, reg=reg, tol=tol)
-        self.anchor = nn.Parameter(torch.zeros(1))  # DDP needs one parameter; never changes
+        self.settings = config.glvq
         self._lm: list[nn.Module] = []  # a list: the LM is not a submodule (not in checkpoints)
         self.tokenizer: Any = None
         self.ptq: BlockwisePTQ | None = None
         self.done: list[int] = []
         self._restored: dict[str, Any] | None = None
         self._eval_tokens: Tensor | None = None
+        self._fp_weights: dict[str, Tensor] = {}
         self.fp_metrics: dict[str, float] = {}
         self.final: dict[str, float] = {}
         self._t0 = time.time()
@@ -122,32 +118,29 @@ class LLMPTQModule(L.LightningModule):
         return self._lm[0]
 
     def _load(self) -> None:
-        spec = self.lm_spec
-        model, tok = load_causal_lm(spec["name"], spec.get("gguf_file"), spec.get("dtype", "float32"),
-                                    seed=self.hparams.seed)
-        quantizable_linears(model, spec["name"])  # one clear error for a model with none
+        spec = self.config.lm
+        model, tok = load_causal_lm(spec.name, spec.gguf_file, spec.dtype, seed=self.config.seed)
+        quantizable_linears(model, spec.name)  # one clear error for a model with none
         self._lm = [model]
         self.tokenizer = tok
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
+        cfg = self.config
         model = self.lm
         calib = self.text.calibration_tokens(self.tokenizer)
-        self.ptq = BlockwisePTQ(model, calib, self.hparams.bits, self.settings,
-                                salience=self.hparams.salience,
-                                batch_size=self.hparams.calib_batch_size, name=self.lm_spec["name"])
+        self.ptq = BlockwisePTQ(model, calib, cfg.bits, cfg.glvq, salience=cfg.salience,
+                                batch_size=cfg.calib_batch_size, name=cfg.lm.name)
         self._fp_weights = ({k: m.weight.detach().clone() for k, m in
-                             quantizable_linears(model).items()} if self.hparams.eval_rtn else {})
+                             quantizable_linears(model).items()} if cfg.eval.baselines else {})
 
-    def train_dataloader(self) -> list[int]:
-        """Block indices; the module draws its own calibration batches."""
-        return list(range(len(self.ptq.blocks)))
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD([self.anchor], lr=0.0)
+    def units_per_epoch(self) -> int:
+        """One unit per decoder block."""
+        return len(self.ptq.blocks)
 
     def on_train_start(self) -> None:
         ptq = self.ptq
-        if self.hparams.eval_fp and not self.fp_metrics and not self.trainer.fast_dev_run:
+        if self.config.eval.fp and not self.fp_metrics and not self.trainer.fast_dev_run:
             self.fp_metrics = self._perplexity("fp")
         ptq.capture_inputs()
         if self._restored:
@@ -161,16 +154,18 @@ class LLMPTQModule(L.LightningModule):
             log.info("resumed: %d of %d blocks already quantized", len(self.done), len(ptq.blocks))
             self._restored = None
 
-    # -- one block per step -----------------------------------------------------------------
-    def training_step(self, batch: Any, batch_idx: int) -> None:
-        # The next block not yet quantized. Not the batch's value: after a resume mid-epoch,
-        # Lightning restarts a plain loader from its first item but keeps counting batches, so
-        # the number of steps left equals the number of blocks left, not their indices.
+    # -- one block per unit -------------------------------------------------------------------
+    def run_unit(self, index: int) -> None:
+        """Quantize the next block not yet done (``index`` only counts the units).
+
+        Not the block ``index``: after a resume mid-epoch, Lightning restarts a plain loader
+        from its first item but keeps counting batches, so the number of units left equals the
+        number of blocks left, not their indices.
+        """
         todo = [j for j in range(len(self.ptq.blocks)) if j not in self.done]
         if not todo:
             return
         i = todo[0]
-        opt = self.optimizers()
         t = time.time()
         bits_sum = numel = 0.0
         for name, res, bpw in self.ptq.quantize_block(i):
@@ -185,9 +180,6 @@ class LLMPTQModule(L.LightningModule):
                                ("cond", cond)):
                 self.log(f"layers/{name}/{key}", value, on_step=True, batch_size=1)
         self.done.append(i)
-        opt.zero_grad()
-        self.anchor.grad = torch.zeros_like(self.anchor)
-        opt.step()  # lr 0: only advances global_step, so checkpoints count blocks
         self.log("ptq/block", float(i), on_step=True, prog_bar=True, batch_size=1)
         self.log("ptq/block_bits", bits_sum / max(numel, 1), on_step=True, prog_bar=True,
                  batch_size=1)
@@ -215,7 +207,7 @@ class LLMPTQModule(L.LightningModule):
             weight = 0.0
         else:
             weight = 1.0
-        r = perplexity(self.lm, mine, seq_len=seq, batch_size=self.hparams.eval_batch_size,
+        r = perplexity(self.lm, mine, seq_len=seq, batch_size=self.config.eval.batch_size,
                        progress=rank == 0)
         v = torch.tensor([r["nll"] * r["tokens"] * weight, r["tokens"] * weight],
                          dtype=torch.float64)
@@ -228,42 +220,42 @@ class LLMPTQModule(L.LightningModule):
         return out
 
     def _finish(self) -> None:
-        hp = self.hparams
+        cfg = self.config
         self.final = {"final/ppl": self._perplexity("GLVQ")["ppl"],
                       "final/bits": self.effective_bits(),
                       "final/minutes": (time.time() - self._t0) / 60.0}
         if self.fp_metrics:
             self.final["final/ppl_fp"] = self.fp_metrics["ppl"]
-        if hp.eval_rtn and float(hp.bits).is_integer():
-            self.final.update(self._rtn_metrics(int(hp.bits)))
+        if cfg.eval.baselines and cfg.bits.is_integer():
+            self.final.update(self._baseline_metrics(int(cfg.bits)))
         for k, v in self.final.items():
             self.log(k, v, on_step=True, batch_size=1)
         if self.trainer.is_global_zero and not self.trainer.fast_dev_run:
             self.export()
 
-    def _rtn_metrics(self, bits: int) -> dict[str, float]:
-        """Perplexity of group-wise RTN at ``bits`` code bits (the GLVQ weights are put back)."""
+    def _baseline_metrics(self, bits: int) -> dict[str, float]:
+        """Perplexity of each baseline of ``model.eval.baselines`` at ``bits`` code bits, on the
+        full-precision weights (the GLVQ weights are put back afterwards)."""
         linears = quantizable_linears(self.lm)
         glvq = {k: m.weight.detach().clone() for k, m in linears.items()}
-        rtn_bits = 0.0
-        with torch.no_grad():
-            for k, m in linears.items():
-                w_hat, rtn_bits = rtn_quantize(self._fp_weights[k], bits, self.settings.group_size)
-                m.weight.copy_(w_hat.to(m.weight))
-        ppl = self._perplexity(f"RTN {bits}-bit")["ppl"]
+        out: dict[str, float] = {}
+        for name, options in self.config.eval.baselines.items():
+            options = {"group_size": self.settings.group_size, **options}
+            baseline = LLM_BASELINES.build(name, bits=bits, **options)
+            info = apply_baseline(linears, baseline, self._fp_weights)
+            out[f"final/ppl_{name}"] = self._perplexity(f"{name} {bits}-bit")["ppl"]
+            out[f"final/bits_{name}"] = info["bits_per_weight"]
         with torch.no_grad():
             for k, m in linears.items():
                 m.weight.copy_(glvq[k])
-        return {"final/ppl_rtn": ppl, "final/bits_rtn": rtn_bits}
+        return out
 
     def export(self, directory: str | Path | None = None) -> Path:
         """Write the quantized model (see :mod:`llvq.llm.io`); returns the directory."""
-        from llvq.llm.io import save_quantized
-
-        d = Path(directory or self.hparams.export_dir
+        d = Path(directory or self.config.export_dir
                  or Path(self.trainer.default_root_dir) / "quantized")
-        info = {"source": self.lm_spec, "settings": {k: v for k, v in self.hparams.items()
-                                                     if k not in ("lm", "export_dir")},
+        settings = {k: v for k, v in self.config.to_dict().items() if k not in ("lm", "export_dir")}
+        info = {"source": self.config.to_dict()["lm"], "settings": settings,
                 "metrics": self.final}
         manifest = save_quantized(d, self.lm, self.ptq.results, self.tokenizer,
                                   self.settings.group_size, info)

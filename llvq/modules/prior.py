@@ -14,14 +14,19 @@ Notation: ``B`` batch, ``L = h·w`` sequence length, ``V`` vocabulary size, ``E`
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from rich.progress import track
 from torch import Tensor, nn
 
-__all__ = ["PriorModule"]
+from llvq.checkpoints import load_checkpoint
+from llvq.codes_format import load_export
+
+__all__ = ["PriorModule", "load_prior"]
 
 
 class PriorModule(L.LightningModule):
@@ -55,8 +60,6 @@ class PriorModule(L.LightningModule):
             if export_dir is None:
                 raise ValueError("model.export_dir is not set; point it (or data.path) at an "
                                  "llvq-export directory")
-            from llvq.export import load_export
-
             export = load_export(export_dir)
             manifest, vocab = export.manifest, export.vocab
         self.save_hyperparameters({"export_dir": str(export_dir) if export_dir else None,
@@ -137,7 +140,6 @@ class PriorModule(L.LightningModule):
         """
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        from rich.progress import track
 
         was_training = self.training
         self.eval()
@@ -155,3 +157,17 @@ class PriorModule(L.LightningModule):
     def tokens_to_codes(self, tokens: Tensor) -> Tensor:
         """Codes ``(..., h, w)`` or ``(..., h, w, D)`` of token grids, through the vocabulary."""
         return self.vocab[tokens]
+
+
+def load_prior(path: str | Path, map_location: str | torch.device = "cpu") -> PriorModule:
+    """Rebuild a :class:`PriorModule` from its checkpoint, in eval mode.
+
+    Read by :func:`llvq.checkpoints.load_checkpoint` (``weights_only=True``, trusted targets).
+    """
+    ckpt = load_checkpoint(path)
+    hparams = dict(ckpt["hyper_parameters"])
+    if "manifest" not in hparams:
+        raise ValueError(f"{path} is not a prior checkpoint (train one with experiment=prior)")
+    model = PriorModule(**hparams)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(map_location).eval()

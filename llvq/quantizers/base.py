@@ -12,6 +12,7 @@ lattice. ``decode(encode(z)) == forward(z).z_q`` holds in eval mode.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -68,8 +69,16 @@ class Quantizer(nn.Module, ABC):
     Subclasses implement :meth:`quantize` (the training forward on validated input),
     :meth:`encode_impl` and :meth:`decode`. The base class validates the input once.
 
+    Contract fields every caller may read (never found with ``getattr``):
+        ``dim``: the vector width.
+        ``codebook_size``: the number of distinct codes per code element when finite (VQ: ``K``;
+        ``bounded_lattice``: ``2^(R n)`` per block), ``None`` for an unbounded lattice code.
+        ``bits_per_vector``: the nominal rate of one ``dim``-vector in bits (fixed-length
+        codes, side information excluded), ``None`` when the code is unbounded.
+
     Args:
         dim: width of the vectors being quantized (the last axis of ``z``).
+        codebook_size: size of a finite codebook (``None``: unbounded codes).
     """
 
     #: registry name, set by :func:`llvq.quantizers.register`.
@@ -79,11 +88,24 @@ class Quantizer(nn.Module, ABC):
     #: False only for ``identity``, whose "codes" are the float latents themselves.
     integer_codes: ClassVar[bool] = True
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, codebook_size: int | None = None) -> None:
         super().__init__()
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
             raise ValueError(f"quantizer '{self.name}': `dim` must be a positive integer, got {dim!r}")
         self.dim = dim
+        self.codebook_size: int | None = codebook_size
+
+    @property
+    def bits_per_vector(self) -> float | None:
+        """Nominal bits per ``dim``-vector: ``codes per vector * log2(codebook_size)``.
+
+        ``None`` for unbounded codes; quantizers with another layout override it.
+        """
+        if self.codebook_size is None:
+            return None
+        per_vector = math.prod(self.code_shape(())) if self.vector_codes else \
+            math.prod(self.code_shape((1,)))
+        return per_vector * math.log2(self.codebook_size)
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         check_latents(z, self.dim, self.name)

@@ -13,9 +13,12 @@ axis, so ``b`` bits per coordinate. The half-integer shift makes the codebook sy
 unsigned ``k + 2^(b-1)`` in ``[0, 2^b)``.
 
 Shapes: ``z`` is ``(..., groups, m, d)``; with ``groups == 1`` any ``(..., d)`` works (the
-per-group parameters broadcast). The LLM post-training quantizer (:mod:`llvq.llm`) drives this
-module with every weight group of a linear layer at once; as a registered bottleneck
-(``model/quantizer=glvq``) it is a bounded learnable lattice with a learnable compander.
+per-group parameters broadcast). As a registered bottleneck (``model/quantizer=glvq``) it is a
+bounded learnable lattice with a learnable compander, coded with its own parameters. The LLM
+post-training quantizer (:mod:`llvq.llm`) codes every weight group of a linear layer at once
+with per-call parameters: every method takes an optional :class:`GLVQState` (generator, µ,
+scale, bit width and compander flag per group) that replaces the module's own for that call,
+so nothing is mutated and ``q(z)``, ``q.encode(z)``, ``q.decode(codes)`` keep the contract.
 
 The summary of the paper does not fix the kurtosis -> µ map; llvq uses
 ``µ0 = clamp(10 (κ/3)^2, 10, 255)`` (a Gaussian group, κ = 3, starts at µ = 10; heavier tails
@@ -25,15 +28,26 @@ start with stronger companding), with µ learned in ``[10, 255]`` through a sigm
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from llvq.quantizers.base import Quantizer, QuantizerOutput
+from llvq.quantizers.base import Quantizer, QuantizerOutput, check_latents
 from llvq.quantizers.registry import register
 
-__all__ = ["MU_MAX", "MU_MIN", "GroupedLatticeQuantizer", "compand", "expand", "gaussian_step"]
+__all__ = [
+    "MU_MAX",
+    "MU_MIN",
+    "GLVQState",
+    "GroupedLatticeQuantizer",
+    "compand",
+    "expand",
+    "gaussian_step",
+    "logit_to_mu",
+    "mu_to_logit",
+]
 
 MU_MIN, MU_MAX = 10.0, 255.0
 
@@ -59,6 +73,49 @@ def expand(y: Tensor, mu: Tensor) -> Tensor:
     return torch.sign(y) * torch.expm1(y.abs() * torch.log1p(mu)) / mu
 
 
+def mu_to_logit(mu: Tensor) -> Tensor:
+    """The logit that parametrises µ in ``[10, 255]`` (µ clamped a hair inside the interval)."""
+    p = ((mu - MU_MIN) / (MU_MAX - MU_MIN)).clamp(1e-4, 1 - 1e-4)
+    return torch.log(p) - torch.log1p(-p)
+
+
+def logit_to_mu(logit: Tensor) -> Tensor:
+    """µ from its logit: ``10 + 245 sigmoid(logit)``."""
+    return MU_MIN + (MU_MAX - MU_MIN) * torch.sigmoid(logit)
+
+
+@dataclass(frozen=True)
+class GLVQState:
+    """Per-group parameters of one call (``groups`` leading entries each).
+
+    Attributes:
+        generator: ``(groups, d, d)``, rows = basis vectors.
+        mu: ``(groups,)`` µ in ``[10, 255]`` (used as given; read only where ``compand``).
+        scale: ``(groups,)`` input scale ``s_g`` (> 0).
+        bits: ``(groups,)`` int64 bits per coordinate.
+        compand: ``(groups,)`` bool, µ-law on or off per group.
+    """
+
+    generator: Tensor
+    mu: Tensor
+    scale: Tensor
+    bits: Tensor
+    compand: Tensor
+
+    @property
+    def groups(self) -> int:
+        return int(self.bits.numel())
+
+    def replace(self, **changes: Tensor) -> GLVQState:
+        """A copy with some fields changed (``dataclasses.replace``)."""
+        return replace(self, **changes)
+
+
+def _view(t: Tensor) -> Tensor:
+    """Per-group ``(groups,)`` tensor shaped to broadcast against ``(..., groups, m, d)``."""
+    return t.view(-1, 1, 1)
+
+
 def _as_group_tensor(value: float | list | Tensor, groups: int, name: str,
                      dtype: torch.dtype) -> Tensor:
     t = torch.as_tensor(value, dtype=dtype).flatten()
@@ -73,6 +130,13 @@ def _as_group_tensor(value: float | list | Tensor, groups: int, name: str,
 @register("glvq")
 class GroupedLatticeQuantizer(Quantizer):
     """Per-group learned lattice + µ-law compander + bit width (see the module docstring).
+
+    Every coding method takes ``state=None`` (the module's own parameters, :meth:`state`) or a
+    :class:`GLVQState` used for that call only.
+
+    Contract fields: ``codebook_size`` is ``2^b`` levels per coordinate when every group has the
+    same width ``b`` and ``None`` when the widths differ (no single size describes the code);
+    ``bits_per_vector`` is the mean width times ``dim`` (side information excluded).
 
     Args:
         dim: lattice dimension ``d`` (8 in the paper; 16 and 32 also used).
@@ -109,106 +173,120 @@ class GroupedLatticeQuantizer(Quantizer):
         self.groups = groups
         mask = _as_group_tensor(compand, groups, "compand", torch.bool)
         self.register_buffer("compand_mask", mask)
-        self.use_compand = bool(mask.any())
         self.beta = float(beta)
         self.register_buffer("bits", b.to(torch.int64))
         self.register_buffer("scale", s)
+        widths = set(self.bits.tolist())
+        self.codebook_size = 2 ** widths.pop() if len(widths) == 1 else None
         g0 = torch.eye(dim).expand(groups, dim, dim) * torch.tensor(
             [gaussian_step(int(v)) for v in b.tolist()]).view(groups, 1, 1) / 3.0
         self.generator = nn.Parameter(g0.clone(), requires_grad=learnable)
-        self.mu_logit = nn.Parameter(self._mu_to_logit(m),
-                                     requires_grad=learnable and self.use_compand)
+        self.mu_logit = nn.Parameter(mu_to_logit(m),
+                                     requires_grad=learnable and bool(mask.any()))
 
     # -- parameters ----------------------------------------------------------------------------
-    @staticmethod
-    def _mu_to_logit(mu: Tensor) -> Tensor:
-        p = ((mu - MU_MIN) / (MU_MAX - MU_MIN)).clamp(1e-4, 1 - 1e-4)
-        return torch.log(p) - torch.log1p(-p)
-
     @property
     def mu(self) -> Tensor:
         """µ per group, ``(groups,)`` in ``[10, 255]``."""
-        return MU_MIN + (MU_MAX - MU_MIN) * torch.sigmoid(self.mu_logit)
+        return logit_to_mu(self.mu_logit)
 
-    @torch.no_grad()
-    def set_state(self, generator: Tensor | None = None, mu: Tensor | None = None,
-                  scale: Tensor | None = None, bits: Tensor | None = None,
-                  compand: Tensor | None = None) -> None:
-        """Overwrite per-group parameters (shapes ``(groups, d, d)`` / ``(groups,)``)."""
-        if compand is not None:
-            self.compand_mask.copy_(compand.to(self.compand_mask))
-            self.use_compand = bool(self.compand_mask.any())
-        if generator is not None:
-            self.generator.copy_(generator.to(self.generator))
-        if mu is not None:
-            self.mu_logit.copy_(self._mu_to_logit(mu.to(self.mu_logit).clamp(MU_MIN, MU_MAX)))
-        if scale is not None:
-            self.scale.copy_(scale.to(self.scale))
-        if bits is not None:
-            self.bits.copy_(bits.to(self.bits))
+    @property
+    def use_compand(self) -> bool:
+        """Whether any group of the module's own parameters compands."""
+        return bool(self.compand_mask.any())
 
-    def _view(self, t: Tensor) -> Tensor:
-        """Per-group ``(groups,)`` tensor shaped to broadcast against ``(..., groups, m, d)``."""
-        return t.view(self.groups, 1, 1)
+    @property
+    def bits_per_vector(self) -> float:
+        """Mean bits per coordinate times ``dim`` (the widths may differ between groups)."""
+        return float(self.bits.double().mean()) * self.dim
 
-    # -- the code -------------------------------------------------------------------------------
-    def forward_transform(self, x: Tensor) -> Tensor:
+    def state(self) -> GLVQState:
+        """The module's own parameters as a :class:`GLVQState` (differentiable in G and µ)."""
+        return GLVQState(generator=self.generator, mu=self.mu, scale=self.scale, bits=self.bits,
+                         compand=self.compand_mask)
+
+    def _state(self, state: GLVQState | None) -> GLVQState:
+        return self.state() if state is None else state
+
+    # -- the code (each step takes an optional per-call state) ----------------------------------
+    def forward_transform(self, x: Tensor, state: GLVQState | None = None) -> Tensor:
         """``F(x / s)`` per group."""
-        y = x / self._view(self.scale)
-        if not self.use_compand:
+        st = self._state(state)
+        y = x / _view(st.scale)
+        if not bool(st.compand.any()):
             return y
-        return torch.where(self._view(self.compand_mask), compand(y, self._view(self.mu)), y)
+        return torch.where(_view(st.compand), compand(y, _view(st.mu)), y)
 
-    def inverse_transform(self, y: Tensor, mu: Tensor | None = None) -> Tensor:
-        """``s F^-1(y)`` per group (``mu``: an explicit ``(groups,)`` µ, e.g. a free variable)."""
-        if self.use_compand:
-            e = expand(y, self._view(self.mu if mu is None else mu))
-            y = torch.where(self._view(self.compand_mask), e, y)
-        return y * self._view(self.scale)
+    def inverse_transform(self, y: Tensor, state: GLVQState | None = None) -> Tensor:
+        """``s F^-1(y)`` per group."""
+        st = self._state(state)
+        if bool(st.compand.any()):
+            y = torch.where(_view(st.compand), expand(y, _view(st.mu)), y)
+        return y * _view(st.scale)
 
-    def _half_levels(self) -> Tensor:
-        return self._view(2.0 ** (self.bits - 1).to(self.generator.dtype))
+    @staticmethod
+    def _half_levels(st: GLVQState) -> Tensor:
+        return _view(2.0 ** (st.bits - 1).to(st.generator.dtype))
 
-    def lattice_codes(self, y: Tensor) -> Tensor:
+    def lattice_codes(self, y: Tensor, state: GLVQState | None = None) -> Tensor:
         """Signed Babai codes ``k`` (float, integral) of companded vectors ``y``, clamped."""
-        half = self._half_levels()
-        u = y @ torch.linalg.inv(self.generator.detach())
+        st = self._state(state)
+        half = self._half_levels(st)
+        u = y @ torch.linalg.inv(st.generator.detach())
         return torch.minimum(torch.maximum(torch.floor(u), -half), half - 1)
 
-    def points(self, k: Tensor) -> Tensor:
+    def points(self, k: Tensor, state: GLVQState | None = None) -> Tensor:
         """Companded reconstructions ``(k + 1/2) @ G`` (differentiable in ``G``)."""
-        return (k + 0.5) @ self.generator
+        return (k + 0.5) @ self._state(state).generator
 
-    def reconstruct(self, k: Tensor) -> Tensor:
+    def reconstruct(self, k: Tensor, state: GLVQState | None = None) -> Tensor:
         """``s F^-1((k + 1/2) G)`` from signed codes; differentiable in ``G`` and ``µ``."""
-        return self.inverse_transform(self.points(k))
+        st = self._state(state)
+        return self.inverse_transform(self.points(k, st), st)
 
-    def overload(self, y: Tensor) -> Tensor:
+    def overload(self, y: Tensor, state: GLVQState | None = None) -> Tensor:
         """Fraction of coordinates whose Babai code had to be clamped."""
-        half = self._half_levels()
-        u = torch.floor(y @ torch.linalg.inv(self.generator.detach()))
+        st = self._state(state)
+        half = self._half_levels(st)
+        u = torch.floor(y @ torch.linalg.inv(st.generator.detach()))
         return ((u < -half) | (u > half - 1)).float().mean()
 
     # -- contract -------------------------------------------------------------------------------
-    def quantize(self, z: Tensor) -> QuantizerOutput:
+    @staticmethod
+    def _grouped(t: Tensor) -> Tensor:
+        """``(d,)`` or ``(n, d)`` as ``(1, n, d)``, so the per-group ``(groups, 1, 1)`` views do
+        not add an axis; ``(..., groups, m, d)`` unchanged."""
+        return t.reshape(1, math.prod(t.shape[:-1]), t.shape[-1]) if t.ndim < 3 else t
+
+    def quantize(self, z: Tensor, state: GLVQState | None = None) -> QuantizerOutput:
+        st = self._state(state)
+        zg = self._grouped(z)
         with torch.no_grad():
-            y = self.forward_transform(z)
-            k = self.lattice_codes(y)
-            over = self.overload(y)
-        x_hat = self.reconstruct(k)
-        loss = self.beta * F.mse_loss(x_hat, z.detach())
-        z_q = z + (x_hat - z).detach()
-        codes = (k + self._half_levels()).to(torch.int64)
-        metrics = {"quant/overload": over.detach(), "quant/mu": self.mu.mean().detach()}
+            y = self.forward_transform(zg, st)
+            k = self.lattice_codes(y, st)
+            over = self.overload(y, st)
+        x_hat = self.reconstruct(k, st)
+        loss = self.beta * F.mse_loss(x_hat, zg.detach())
+        z_q = (zg + (x_hat - zg).detach()).reshape(z.shape)
+        codes = (k + self._half_levels(st)).to(torch.int64).reshape(z.shape)
+        metrics = {"quant/overload": over.detach(), "quant/mu": st.mu.mean().detach()}
         return QuantizerOutput(z_q=z_q, codes=codes, loss=loss, metrics=metrics)
 
-    def encode_impl(self, z: Tensor) -> Tensor:
-        k = self.lattice_codes(self.forward_transform(z))
-        return (k + self._half_levels()).to(torch.int64)
+    @torch.no_grad()
+    def encode(self, z: Tensor, state: GLVQState | None = None) -> Tensor:
+        """Unsigned codes ``k + 2^(b-1)`` in ``[0, 2^b)``, ``(..., d)``; see the contract."""
+        check_latents(z, self.dim, self.name)
+        return self.encode_impl(z, state)
 
-    def decode(self, codes: Tensor) -> Tensor:
-        k = codes.to(self.generator.dtype) - self._half_levels()
-        return self.reconstruct(k)
+    def encode_impl(self, z: Tensor, state: GLVQState | None = None) -> Tensor:
+        st = self._state(state)
+        k = self.lattice_codes(self.forward_transform(self._grouped(z), st), st)
+        return (k + self._half_levels(st)).to(torch.int64).reshape(z.shape)
+
+    def decode(self, codes: Tensor, state: GLVQState | None = None) -> Tensor:
+        st = self._state(state)
+        k = self._grouped(codes).to(st.generator.dtype) - self._half_levels(st)
+        return self.reconstruct(k, st).reshape(codes.shape)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, groups={self.groups}, bits={self.bits.tolist()[:4]}"

@@ -20,14 +20,14 @@ eq. 3), whose first term trains the scale and a learnable generator
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from llvq.lattices import Lattice, get_lattice, load_lattice, sample_dither
+from llvq.lattices import Lattice
 from llvq.quantizers.base import Quantizer, QuantizerOutput
+from llvq.quantizers.blocks import LatticeBlocks, resolve_lattice
 from llvq.quantizers.registry import register
 
 __all__ = ["AnQuantizer", "DnQuantizer", "E8Quantizer", "LatticeQuantizer", "ZnQuantizer"]
@@ -56,6 +56,10 @@ class LatticeQuantizer(Quantizer):
             codebook); overloaded blocks are shrunk radially until they fit and the
             ``overload`` metric reports their fraction.
         beta: commitment weight.
+
+    Attributes:
+        block: ``n``, the lattice dimension (coordinates per block); ``blocks`` = ``dim / n``.
+        product: the :class:`~llvq.quantizers.blocks.LatticeBlocks` (split, seeded dither).
     """
 
     vector_codes = True
@@ -65,12 +69,9 @@ class LatticeQuantizer(Quantizer):
                  learn_scale: bool = True, dither: bool = False, seed: int = 0,
                  radius: float | None = None, beta: float = 0.25) -> None:
         super().__init__(dim)
-        base = load_lattice(Path(generator)) if generator is not None else get_lattice(lattice)
+        base = resolve_lattice(lattice, generator)
+        self.product = LatticeBlocks(dim, base, self.name)
         n = base.dim
-        if dim % n:
-            raise ValueError(f"quantizer '{self.name}': dim={dim} is not divisible by the "
-                             f"dimension n={n} of lattice {base.name}; set `dim` to a multiple "
-                             f"of {n} or choose another `lattice`")
         if decoder is None:
             decoder = "fast" if base.fast_decoder is not None and not learnable else "exact"
         if decoder not in DECODERS:
@@ -85,7 +86,8 @@ class LatticeQuantizer(Quantizer):
         if radius is not None and not radius > 0:
             raise ValueError(f"quantizer '{self.name}': `radius` must be positive, got {radius}")
         self.lattice = base
-        self.n, self.blocks = n, dim // n
+        self.n = self.block = n
+        self.blocks = self.product.blocks
         self.decoder, self.learnable, self.dither = decoder, learnable, dither
         self.seed, self.radius, self.beta = int(seed), radius, beta
         self.register_buffer("generator0", base.generator.clone())
@@ -109,14 +111,14 @@ class LatticeQuantizer(Quantizer):
         return self.lattice if not self.learnable else Lattice(self.lattice.name, g.detach())
 
     def _dither(self, lat: Lattice, lead: tuple[int, ...], device: torch.device) -> Tensor:
-        seed = self.seed + (int(self.step) if self.training else 0)
-        return sample_dither(lat, (*lead, self.blocks), seed, device, torch.float64)
+        seed = self.product.seed(self.seed, self.step, self.training)
+        return self.product.dither(lat, lead, seed, device)
 
     def _coords(self, z: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
         """Codes ``(..., m, n)``, the dither (or None) and the overload mask ``(..., m)``."""
         g = self.generator().detach()
         lat = self._current_lattice(g)
-        x = z.detach().double().unflatten(-1, (self.blocks, self.n)) / self.log_scale.exp().double()
+        x = self.product.split(z.detach().double()) / self.log_scale.exp().double()
         d = self._dither(lat, tuple(z.shape[:-1]), z.device) if self.dither else None
         if d is not None:
             x = x + d
@@ -145,7 +147,7 @@ class LatticeQuantizer(Quantizer):
         q = u.to(g.dtype) @ g  # (..., m, n)
         if d is not None:
             q = q - d
-        return (q * self.log_scale.exp().to(g.dtype)).flatten(-2)
+        return self.product.merge(q * self.log_scale.exp().to(g.dtype))
 
     # --- contract --------------------------------------------------------------------------
     def quantize(self, z: Tensor) -> QuantizerOutput:
@@ -159,18 +161,18 @@ class LatticeQuantizer(Quantizer):
                    "scale": self.log_scale.detach().exp()}
         if self.radius is not None:
             metrics["overload"] = over.float().mean()
-        return QuantizerOutput(z_q=z + (q - z).detach(), codes=u.flatten(-2),
+        return QuantizerOutput(z_q=z + (q - z).detach(), codes=self.product.merge(u),
                                loss=codebook + self.beta * commitment, metrics=metrics)
 
     def encode_impl(self, z: Tensor) -> Tensor:
-        return self._coords(z)[0].flatten(-2)
+        return self.product.merge(self._coords(z)[0])
 
     @torch.no_grad()
     def decode(self, codes: Tensor) -> Tensor:
         if codes.shape[-1] != self.dim or codes.is_floating_point():
             raise ValueError(f"quantizer '{self.name}': codes must be integers of shape "
                              f"(..., {self.dim}), got {codes.dtype} {tuple(codes.shape)}")
-        u = codes.unflatten(-1, (self.blocks, self.n))
+        u = self.product.split(codes)
         g = self.generator()
         d = self._dither(self._current_lattice(g), tuple(codes.shape[:-1]), codes.device) \
             if self.dither else None

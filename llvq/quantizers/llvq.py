@@ -64,7 +64,8 @@ class DiagonalLatticeQuantizer(Quantizer):
         check_codebook_size(codebook_size, self.name)
         if min_step <= 0:
             raise ValueError(f"quantizer 'llvq': `min_step` must be > 0, got {min_step}")
-        self.codebook_size, self.beta, self.gamma = codebook_size, float(beta), float(gamma)
+        # the lattice is unbounded: K is a target that sets the initial range, not a code size
+        self.target_codebook_size, self.beta, self.gamma = codebook_size, float(beta), float(gamma)
         self.min_step = float(min_step)
         if init_basis is not None:
             raw = torch.as_tensor(list(init_basis), dtype=torch.float32)
@@ -96,6 +97,8 @@ class DiagonalLatticeQuantizer(Quantizer):
             raise ValueError("quantizer 'llvq': the lattice basis became non-finite; "
                              "lower the learning rate")
         z_d, b_d = z.detach(), b.detach()
+        if z.numel() == 0:  # an empty batch: empty codes, no loss (not a 0/0 NaN)
+            return QuantizerOutput(z_q=z.clone(), codes=z_d.long(), loss=0.0 * b.sum())
         v = torch.round(z_d / b_d)  # (..., D) Babai rounding, eq. 4 (no gradient)
         e = v * b_d  # (..., D) nearest lattice point Bv
         r = e - z_d  # (..., D) quantization residual
@@ -122,5 +125,5 @@ class DiagonalLatticeQuantizer(Quantizer):
         return codes.to(self.basis.dtype) * self.basis
 
     def extra_repr(self) -> str:
-        return (f"dim={self.dim}, codebook_size={self.codebook_size}, beta={self.beta}, "
+        return (f"dim={self.dim}, target_codebook_size={self.target_codebook_size}, beta={self.beta}, "
                 f"gamma={self.gamma}, min_step={self.min_step}")

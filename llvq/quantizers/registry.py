@@ -1,39 +1,38 @@
-"""Name -> quantizer class registry (in the manner of CompressAI's and timm's registries)."""
+"""Name -> quantizer class: the quantizers' :class:`~llvq.registry.Registry`.
+
+>>> @register("myq")
+... class MyQuantizer(Quantizer): ...
+>>> q = build("myq", dim=8)
+>>> list_quantizers("vq*")
+"""
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from llvq.quantizers.base import Quantizer
+from llvq.registry import Registry
 
-__all__ = ["REGISTRY", "build", "list_quantizers", "register"]
+__all__ = ["QUANTIZERS", "REGISTRY", "build", "list_quantizers", "register"]
 
-REGISTRY: dict[str, type[Quantizer]] = {}
+#: every registered bottleneck (outside plugins add to it through :mod:`llvq.plugins`).
+QUANTIZERS: Registry[type[Quantizer]] = Registry("quantizer", base=Quantizer,
+                                                 setting="model/quantizer")
+#: the same registry (older name).
+REGISTRY = QUANTIZERS
 
 Q = TypeVar("Q", bound=type[Quantizer])
 
 
-def register(name: str) -> Callable[[Q], Q]:
-    """Class decorator adding a :class:`Quantizer` subclass to :data:`REGISTRY` under ``name``."""
-
-    def wrap(cls: Q) -> Q:
-        if not (isinstance(cls, type) and issubclass(cls, Quantizer)):
-            raise TypeError(f"@register('{name}') must decorate a Quantizer subclass, got {cls!r}")
-        if name in REGISTRY and REGISTRY[name] is not cls:
-            raise ValueError(f"quantizer name '{name}' is already registered to {REGISTRY[name].__name__}")
-        REGISTRY[name] = cls
-        if "name" not in cls.__dict__:  # a class registered under several names keeps the first
-            cls.name = name
-        return cls
-
-    return wrap
+def register(name: str, *aliases: str) -> Callable[[Q], Q]:
+    """Class decorator adding a :class:`Quantizer` subclass to :data:`QUANTIZERS` as ``name``."""
+    return QUANTIZERS.register(name, *aliases)  # type: ignore[return-value]
 
 
 def list_quantizers(pattern: str = "*") -> list[str]:
     """Sorted registry names matching a shell-style ``pattern`` (e.g. ``"vq*"``)."""
-    return sorted(n for n in REGISTRY if fnmatch.fnmatch(n, pattern))
+    return QUANTIZERS.names(pattern)
 
 
 def build(name: str, **kwargs: Any) -> Quantizer:
@@ -44,12 +43,7 @@ def build(name: str, **kwargs: Any) -> Quantizer:
         **kwargs: constructor arguments; every quantizer takes ``dim``.
 
     Raises:
-        ValueError: if ``name`` is not registered (the message lists the known names).
+        llvq.registry.RegistryError: ``name`` is not registered (the message lists the known
+            names) or an option is not one the quantizer takes.
     """
-    if name not in REGISTRY:
-        raise ValueError(
-            f"unknown quantizer '{name}'; known quantizers: {', '.join(list_quantizers())} "
-            f"(set model/quantizer=<name>)")
-    cls = REGISTRY[name]
-    obj = cls(**kwargs)
-    return obj
+    return QUANTIZERS.build(name, **kwargs)

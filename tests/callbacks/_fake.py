@@ -15,6 +15,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from llvq.codes_format import export_codes
 from llvq.quantizers import build
 
 
@@ -65,8 +66,6 @@ def loaders(x: Tensor, batch_size: int = 2) -> tuple[DataLoader, DataLoader]:
 
 def write_tiny_export(path: Path) -> Path:
     """An ``llvq-export`` directory of 32 hand-made samples (2×2 grid, 5 lattice codes) at ``path``."""
-    from llvq.export import export_codes
-
     x = hand_made_latents().repeat(4, 1, 1, 1)  # (32, 2, 2, 2)
     export_codes(CodesModel(unit_lattice(2)).eval(), loaders(x, batch_size=8)[1], path,
                  progress=False)

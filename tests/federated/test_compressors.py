@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from llvq.federated import PayloadError, build_compressor
-from llvq.federated.compressors import COMPRESSORS
+from llvq.federated import COMPRESSORS, PayloadError, build_compressor
 from llvq.federated.server import RoundSums, receive
 from llvq.lattices import bounded_code, get_lattice
 from llvq.quantizers import BoundedLatticeQuantizer
@@ -25,7 +24,8 @@ def _skewed(n: int = 3000, seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("name, lattice, nsm", [("lattice", "A2", A2_NSM), ("uniform", "Z1", 1 / 12)])
 def test_error_matches_dither_theory_without_overload(name: str, lattice: str, nsm: float) -> None:
     h = torch.randn(40_000, generator=torch.Generator().manual_seed(1)) * 0.05
-    comp = build_compressor(name, rate=3.0, lattice=lattice, overload=0.0)
+    comp = build_compressor(name, rate=3.0, overload=0.0, **({"lattice": lattice} if name == "lattice" else {}))
+    assert comp.lattice.name == lattice
     payload = comp.compress(h, seed=11)
     assert payload.overloaded == 0
     err = (comp.decompress(payload, seed=11) - h).double()
@@ -36,12 +36,12 @@ def test_error_matches_dither_theory_without_overload(name: str, lattice: str, n
     assert float(err.var()) == pytest.approx(var, rel=0.05)
 
 
-@pytest.mark.parametrize("name", sorted(COMPRESSORS))
+@pytest.mark.parametrize("name", ["none", "qsgd", "uniform", "lattice", "olala"])
 @pytest.mark.parametrize("rate", [1, 2, 3])
 def test_bits_counted_equal_the_budget(name: str, rate: int) -> None:
     numel = 1001  # odd: the last A2 block is padded
     h = torch.randn(numel, generator=torch.Generator().manual_seed(2))
-    comp = build_compressor(name, rate=rate, steps=5)
+    comp = build_compressor(name, rate=rate, **({"steps": 5} if name == "olala" else {}))
     p = comp.compress(h, seed=3)
     expected = {
         "none": 32 * numel,
@@ -163,3 +163,25 @@ def test_unknown_compressor_and_bad_rate_are_clear() -> None:
         build_compressor("nope")
     with pytest.raises(ValueError, match="model.rate"):
         build_compressor("lattice", rate=1.25)
+
+
+def test_an_unknown_option_is_an_error_naming_it() -> None:
+    with pytest.raises(ValueError, match="'overlaod'.*compressor 'lattice'.*model.compressor"):
+        build_compressor("lattice", rate=2.0, overlaod=0.1)
+    with pytest.raises(ValueError, match="'steps'"):
+        build_compressor("uniform", steps=5)  # an OLALa option is not silently dropped
+    assert set(COMPRESSORS.names()) >= {"none", "qsgd", "uniform", "lattice", "olala"}
+
+
+@pytest.mark.parametrize("name", ["lattice", "olala", "qsgd"])
+def test_compressing_never_changes_the_shared_quantizer(name: str) -> None:
+    """The generator, scale and seed of a payload are arguments: the quantizer is not mutated."""
+    comp = build_compressor(name, rate=2.0, **({"steps": 10} if name == "olala" else {}))
+    before = {k: v.clone() for k, v in comp.quantizer.state_dict().items()}
+    seed_before = comp.quantizer.seed
+    h = _skewed(500, seed=1)
+    p = comp.compress(h, seed=4)
+    comp.decompress(p, seed=4)
+    after = comp.quantizer.state_dict()
+    assert comp.quantizer.seed == seed_before
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -10,16 +10,14 @@ import torch
 
 pytest.importorskip("transformers")
 
-from llvq.llm.glvq import (
-    GLVQSettings,
-    allocate_bits,
-    dequantize,
-    quantize_layer,
-    rtn_quantize,
-)
+from llvq.llm.allocation import allocate_bits
+from llvq.llm.baselines import rtn_quantize
+from llvq.llm.glvq import quantize_layer
+from llvq.llm.groups import dequantize
 from llvq.llm.io import load_quantized, pack_bits, save_quantized, unpack_bits
 from llvq.llm.models import ByteTokenizer, load_causal_lm, quantizable_linears
 from llvq.llm.ptq import BlockwisePTQ, layer_storage_bits
+from llvq.llm.settings import GLVQSettings
 from llvq.runner import run
 
 TINY = GLVQSettings(group_size=64, lattice_dim=4, row_scale=False, max_outer=4, inner_steps=5)
@@ -164,8 +162,8 @@ def test_model_average_matches_target(bits: float) -> None:
 
 def _tiny_cfg(compose_cfg, *extra: str):
     return compose_cfg("experiment=glvq_tiny", "logger=csv", "~callbacks.rich_progress_bar",
-                       "~callbacks.model_summary", "model.eval_fp=false", "model.eval_rtn=false",
-                       "model.max_outer=3", "model.text.eval_tokens=512", *extra)
+                       "~callbacks.model_summary", "model.eval.fp=false", "model.eval.baselines=[]",
+                       "model.glvq.max_outer=3", "model.text.eval_tokens=512", *extra)
 
 
 def test_resume_after_an_interrupted_block_gives_the_same_result(compose_cfg,
@@ -191,9 +189,12 @@ def test_resume_after_an_interrupted_block_gives_the_same_result(compose_cfg,
 
 @pytest.mark.parametrize(("overrides", "error", "match"), [
     (["model.bits=0.5"], ValueError, "model.bits"),
-    (["model.group_size=48"], ValueError, "model.group_size=48 does not divide"),
+    (["model.glvq.group_size=48"], ValueError, "model.glvq.group_size=48 does not divide"),
     (["model.lm.name=/no/such/model"], Exception, "model.lm.name"),
-    (["model.lattice_dim=3"], ValueError, "model.lattice_dim"),
+    (["model.glvq.lattice_dim=3"], ValueError, "model.glvq.lattice_dim"),
+    (["+model.glvq.lattice=8"], ValueError, "model.glvq.lattice"),
+    (["model.glvq.lr=0"], ValueError, "model.glvq.lr"),
+    (["model.eval.baselines=[nope]"], ValueError, "unknown LLM baseline 'nope'.*rtn"),
 ])
 def test_bad_settings_give_one_clear_error(overrides, error, match, compose_cfg) -> None:
     cfg = _tiny_cfg(compose_cfg, "++trainer.fast_dev_run=true", *overrides)
@@ -227,9 +228,9 @@ def test_ddp_cpu_shares_out_work_and_matches_one_process(feedback: bool, tmp_pat
     from tests.conftest import ROOT
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    common = ["experiment=glvq_tiny", "callbacks=none", "logger=csv", "model.eval_fp=false",
-              "model.eval_rtn=false", "model.max_outer=3", "model.text.eval_tokens=512",
-              f"model.error_feedback={str(feedback).lower()}", "model.group_size=32",
+    common = ["experiment=glvq_tiny", "callbacks=none", "logger=csv", "model.eval.fp=false",
+              "model.eval.baselines=[]", "model.glvq.max_outer=3", "model.text.eval_tokens=512",
+              f"model.glvq.error_feedback={str(feedback).lower()}", "model.glvq.group_size=32",
               f"paths.log_dir={tmp_path}", f"paths.data_dir={ROOT / 'data'}"]
     exports = {}
     for label, extra in (("one", []), ("ddp", ["trainer=ddp_cpu"])):

@@ -8,10 +8,11 @@ import lightning as L
 import pytest
 import torch
 
+from llvq.codes_format import ExportIntegrityError
 from llvq.data import CodesDataModule
-from llvq.export import ExportIntegrityError
 from llvq.modules import PriorModule
-from llvq.sample import load_prior, sample_images
+from llvq.modules.prior import load_prior
+from llvq.sample import sample_images
 from tests.callbacks._fake import CodesModel, unit_lattice, write_tiny_export
 
 

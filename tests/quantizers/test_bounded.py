@@ -75,3 +75,31 @@ def test_codes_out_of_range_are_refused() -> None:
     q = build("bounded_lattice", dim=2, rate=1.0)
     with pytest.raises(ValueError, match="outside"):
         q.decode(torch.tensor([[4]]))
+
+
+def test_per_call_generator_scale_and_seed_leave_the_quantizer_unchanged() -> None:
+    """``encode``/``decode`` take a generator, a scale and a seed per call, equal to a quantizer
+    built with them, and never change the quantizer's own state."""
+    g = torch.tensor([[1.2, 0.1], [0.3, 0.9]], dtype=torch.float64)
+    x = _data(400, 4, seed=5).float()
+    q = build("bounded_lattice", dim=4, lattice="A2", rate=2.0, seed=3).eval()
+    state = {k: v.clone() for k, v in q.state_dict().items()}
+    ref = build("bounded_lattice", dim=4, lattice="A2", rate=2.0, seed=9).eval()
+    ref.set_generator(g)
+    ref.scale.fill_(0.7)
+    codes = q.encode(x, generator=g, scale=0.7, seed=9)
+    assert torch.equal(codes, ref.encode(x))
+    assert torch.equal(q.decode(codes, generator=g, scale=0.7, seed=9), ref.decode(codes))
+    zeta = q.search_scale(x, 0.05, generator=g, seed=9)
+    assert zeta == ref.fit_scale(x, 0.05)
+    assert all(torch.equal(state[k], v) for k, v in q.state_dict().items()) and q.seed == 3
+    assert torch.equal(q.encode(x), build("bounded_lattice", dim=4, lattice="A2", rate=2.0,
+                                          seed=3).eval().encode(x))
+    with pytest.raises(ValueError, match=r"generator must be \(2, 2\)"):
+        q.encode(x, generator=torch.eye(3, dtype=torch.float64))
+
+
+def test_block_and_rate_are_contract_fields() -> None:
+    q = build("bounded_lattice", dim=8, lattice="D4", rate=1.5)
+    assert (q.block, q.blocks, q.codebook_size) == (4, 2, 2 ** 6)
+    assert q.bits_per_vector == 1.5 * 8

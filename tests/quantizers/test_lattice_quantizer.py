@@ -102,3 +102,10 @@ def test_bad_settings_raise_one_clear_error(tmp_path: Path) -> None:
         build("lattice", dim=16, generator=str(tmp_path / "rect.safetensors"))
     with pytest.raises(ValueError, match="non-finite"):
         build("e8", dim=16)(torch.full((2, 16), float("nan")))
+
+
+def test_block_is_the_lattice_dimension() -> None:
+    q = build("e8", dim=16)
+    assert (q.block, q.blocks) == (8, 2) and q.product.lattice is q.lattice
+    assert q.codebook_size is None and q.bits_per_vector is None  # unbounded
+    assert build("dn", dim=12, n=4).block == 4
