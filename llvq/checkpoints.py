@@ -11,6 +11,12 @@ accepted when
 2. it resolves to a class or function *defined* in a trusted package (``llvq.cli.os.system``
    names a trusted package but resolves to :func:`os.system`, and is refused).
 
+Checkpoints are also *written* here: :class:`AtomicCheckpointIO` (the runner installs it in
+every trainer) writes a temporary file, fsyncs it and renames it over the target, so the newest
+checkpoint on disk is always complete, and a write that fails raises
+:class:`CheckpointWriteError` naming the path instead of being skipped. :func:`find_last` and
+:func:`check_resume` serve ``ckpt_path`` (explicit resume only; see ``docs/reliability.md``).
+
 This module imports only :mod:`llvq.plugins`.
 """
 
@@ -18,15 +24,187 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import io
+import json
+import os
+import pickle
+import zipfile
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from llvq.plugins import GROUP, load_plugins, loaded_plugins
 
-__all__ = ["UntrustedTargetError", "check_targets", "load_checkpoint", "trusted_packages"]
+__all__ = ["AtomicCheckpointIO", "CheckpointWriteError", "UntrustedTargetError", "atomic_write",
+           "check_resume", "check_targets", "config_differences", "find_last",
+           "load_checkpoint", "read_checkpoint", "trusted_packages"]
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (read-only directory, disk full, ...)."""
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temporary file in the same folder, fsync, rename.
+
+    The previous file at ``path`` (if any) stays intact until the new one is complete.
+
+    Raises:
+        CheckpointWriteError: naming ``path`` and the cause; the temporary file is removed.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
+            fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointWriteError(
+            f"could not write checkpoint {path}: {err.strerror or err}; free disk space or make "
+            f"{path.parent} writable (paths.log_dir / hydra.run.dir choose where runs go). "
+            "The previous checkpoint in that folder, if any, is intact") from err
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO that never leaves a partial file and never fails silently.
+
+    Lightning's own save swallows some write errors (a read-only folder left the run at exit
+    code 0 with no checkpoint); this one serialises to memory, then :func:`atomic_write`.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
+                        storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO does not take storage_options")
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write(path, buffer.getvalue())
+
+
+def find_last(log_dir: str | Path, task_name: str) -> Path:
+    """The newest ``last.ckpt`` of task ``task_name`` under ``log_dir`` (by modification time).
+
+    Raises:
+        FileNotFoundError: there is none; the message says where it looked.
+    """
+    root = Path(log_dir) / task_name
+    found = [p for p in root.glob("**/checkpoints/last.ckpt") if p.is_file()]
+    if not found:
+        raise FileNotFoundError(f"ckpt_path=last: no {root}/**/checkpoints/last.ckpt exists (no "
+                                f"earlier run of task_name={task_name!r} saved one); pass "
+                                "ckpt_path=<run>/checkpoints/last.ckpt or drop ckpt_path")
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def read_checkpoint(path: str | Path, setting: str = "ckpt_path") -> dict[str, Any]:
+    """A whole Lightning checkpoint, read with ``weights_only=True``, or one clear error.
+
+    Raises:
+        FileNotFoundError / IsADirectoryError / ValueError: naming ``setting`` and the file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{setting}={str(path)!r} is a directory; pass a .ckpt file in "
+                                f"it, e.g. {path / 'checkpoints' / 'last.ckpt'}"
+                                if (path / "checkpoints").is_dir() else
+                                f"{setting}={str(path)!r} is a directory; pass a .ckpt file "
+                                "(e.g. <run>/checkpoints/last.ckpt)")
+    if not path.is_file():
+        raise FileNotFoundError(f"{setting}={str(path)!r} does not exist; pass the path of a "
+                                ".ckpt file written by an earlier run (e.g. "
+                                "<run>/checkpoints/last.ckpt)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
+            AttributeError, UnicodeDecodeError, OSError) as err:  # OSError: a truncated zip
+        raise ValueError(f"{setting}={str(path)!r} is not a readable checkpoint (truncated, "
+                         f"damaged or another kind of file): {type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"{setting}={str(path)!r} is not a Lightning checkpoint (it has no "
+                         "`state_dict`)")
+    return ckpt
+
+
+def _flatten(node: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out or {prefix: {}}
+    return {prefix: node}
+
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+#: settings that say where a run writes, not what it trains: a resumed run may change them
+WHERE_SETTINGS = frozenset({"output_dir", "log_dir", "run_dir", "save_dir", "export_dir"})
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any],
+                       prefix: str = "model") -> list[str]:
+    """``"model.latent_dim: checkpoint 64, now 32"`` for every setting that differs."""
+    a, b = _flatten(dict(saved), prefix), _flatten(dict(current), prefix)
+    rows = []
+    for key in sorted(a.keys() | b.keys()):
+        if key.rsplit(".", 1)[-1] in WHERE_SETTINGS:  # where files go, not what is trained
+            continue
+        if key not in b:
+            rows.append(f"{key}: checkpoint {_canon(a[key])}, now not set")
+        elif key not in a:
+            rows.append(f"{key}: checkpoint not set, now {_canon(b[key])}")
+        elif _canon(a[key]) != _canon(b[key]):
+            rows.append(f"{key}: checkpoint {_canon(a[key])}, now {_canon(b[key])}")
+    return rows
+
+
+def check_resume(path: str | Path, hparams: dict[str, Any]) -> None:
+    """Refuse a checkpoint that cannot resume the model configured now, in one message.
+
+    Args:
+        path: the ``ckpt_path`` to resume from.
+        hparams: the configured module's ``hparams`` (compared with the checkpoint's).
+
+    Raises:
+        ValueError: not a checkpoint, or its saved model settings differ (all of them listed).
+    """
+    ckpt = read_checkpoint(path)
+    diffs = config_differences(ckpt.get("hyper_parameters") or {}, _plain(hparams))
+    if diffs:
+        raise ValueError(f"ckpt_path={str(path)!r} was saved with other model settings than "
+                         "this run; resume with the same settings (experiment, model, "
+                         "quantizer) or start a fresh run without ckpt_path. Differences:\n  "
+                         + "\n  ".join(diffs))
+
+
+def _plain(node: Any) -> Any:
+    """Containers as plain dicts/lists (OmegaConf nodes, AttributeDict, tuples)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+        if isinstance(node, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(node, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(node, dict):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [_plain(v) for v in node]
+    return node
 
 
 class UntrustedTargetError(ValueError):

@@ -25,12 +25,15 @@ def train_main() -> None:
     from omegaconf import DictConfig
 
     from llvq.plugins import load_plugins
+    from llvq.quiet import quiet_known_noise
     from llvq.runner import metric_value, run
 
+    quiet_known_noise()
     load_plugins()
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
     def _main(cfg: DictConfig) -> float | None:
+        quiet_known_noise()  # again, now that Hydra configured logging
         return metric_value(run(cfg), cfg.get("optimized_metric"))
 
     _main()

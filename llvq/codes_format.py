@@ -14,11 +14,15 @@ An export directory (written by ``llvq-export``, :mod:`llvq.export`) holds three
 ``manifest.json``
     quantizer name and config, code shape and dtype, the vocabulary's size and order, usage
     counts (distinct codes, entropy in bits per latent vector), the provenance it was given
-    (checkpoint, data config, split), and the sha256 of each file.
+    (checkpoint, data config, split), the sha256 of each file, and ``manifest_sha256``: the
+    sha256 of the manifest's own canonical JSON (sorted keys, without that field), so an edit
+    of the manifest itself (its quantizer config, or its checksum list) is refused too.
 
 The vocabulary of a lattice bottleneck holds the lattice points actually used, most frequent
 first, so a categorical prior can model them; for a finite codebook the tokens are the indices.
-:func:`load_export` verifies the checksums and refuses a modified file.
+:func:`load_export` verifies the checksums and refuses a modified file, a manifest without
+checksums and a damaged manifest, naming the file. The checksums detect corruption and edits;
+they are not a signature (whoever rewrites a file can rewrite the checksums too).
 
 This module works through the quantizer contract alone (``model.encode``/``decode``,
 ``model.quantizer``) and imports nothing of llvq above :mod:`llvq.quantizers`.
@@ -27,6 +31,7 @@ This module works through the quantizer contract alone (``model.encode``/``decod
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -34,25 +39,72 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import track
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from llvq.code_stats import usage_stats
-from llvq.hashing import sha256_file
+from llvq.hashing import sha256_file, sha256_json
+from llvq.progress import track
 from llvq.quantizers.base import Quantizer
 from llvq.quantizers.registry import build
 
-__all__ = ["CODES", "FORMAT", "MANIFEST", "QUANTIZER", "VERSION", "CodeExport",
-           "ExportIntegrityError", "decode_export", "export_codes", "load_export",
-           "read_manifest", "write_export"]
+__all__ = ["CODES", "FORMAT", "MANIFEST", "MANIFEST_DIGEST", "QUANTIZER", "VERSION",
+           "CodeExport", "ExportExistsError", "ExportIntegrityError", "decode_export",
+           "export_codes", "load_export", "manifest_digest", "prepare_out_dir", "read_manifest",
+           "write_export"]
 
 FORMAT, VERSION = "llvq-codes", 1
 CODES, QUANTIZER, MANIFEST = "codes.safetensors", "quantizer.safetensors", "manifest.json"
+MANIFEST_DIGEST = "manifest_sha256"  # the manifest's own checksum, kept inside it
 
 
 class ExportIntegrityError(ValueError):
-    """An exported file is missing or its sha256 differs from the manifest's."""
+    """An exported file is missing, damaged, or its sha256 differs from the manifest's."""
+
+
+class ExportExistsError(FileExistsError):
+    """The output directory already holds an export (replace it only when asked to)."""
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON, leaving out the ``manifest_sha256`` field."""
+    return sha256_json({k: v for k, v in manifest.items() if k != MANIFEST_DIGEST})
+
+
+def prepare_out_dir(out_dir: str | Path, overwrite: bool = False, setting: str = "--out") -> Path:
+    """Check (and create) an export directory before any work is done.
+
+    Args:
+        out_dir: the export directory.
+        overwrite: replace an export already there (``llvq-export --force``).
+        setting: how the directory is named in errors.
+
+    Raises:
+        ExportExistsError: it already holds export files and ``overwrite`` is false.
+        NotADirectoryError: it (or a parent) is a file.
+        PermissionError: it cannot be created or written to (the cause is named).
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{setting} {out} is a file, not a directory; choose a "
+                                 "directory for the export")
+    held = [name for name in (MANIFEST, CODES, QUANTIZER) if (out / name).exists()]
+    if held and not overwrite:
+        raise ExportExistsError(f"{setting} {out} already holds an export ({', '.join(held)}); "
+                                "choose another directory, or pass --force (overwrite=True) to "
+                                "replace it")
+    probe = out / f".llvq-write-test-{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        if isinstance(err, (NotADirectoryError, FileExistsError)):
+            raise NotADirectoryError(f"{setting} {out} cannot be created: a part of the path is "
+                                     f"a file ({err.strerror or err})") from err
+        raise PermissionError(f"{setting} {out} is not writable: {err.strerror or err}; choose "
+                              "a writable directory") from err
+    return out
 
 
 # --- writing ---------------------------------------------------------------------------------
@@ -83,18 +135,20 @@ def _narrow(t: Tensor) -> Tensor:
 
 
 def write_export(out_dir: str | Path, codes: Tensor, labels: Tensor | None, quantizer: Quantizer,
-                 config: dict[str, Any] | None = None, info: dict[str, Any] | None = None
-                 ) -> dict[str, Any]:
+                 config: dict[str, Any] | None = None, info: dict[str, Any] | None = None,
+                 overwrite: bool = False) -> dict[str, Any]:
     """Write the three export files for codes already computed; return the manifest.
 
     Args:
-        out_dir: the export directory (created; existing export files are overwritten).
+        out_dir: the export directory (created; one that already holds an export is refused
+            unless ``overwrite``).
         codes: ``(N, h, w)`` indices or ``(N, h, w, D)`` lattice coordinates (integers).
         labels: ``(N,)`` int64, -1 where there is none; ``None`` for no labels.
         quantizer: the quantizer that made the codes (its state dict is saved).
         config: the quantizer's constructor options (``name`` and ``dim`` are added).
         info: extra provenance recorded in the manifest (checkpoint, data config, split,
             batch size).
+        overwrite: replace an export already in ``out_dir``.
     """
     q = quantizer
     if not q.integer_codes:
@@ -102,8 +156,8 @@ def write_export(out_dir: str | Path, codes: Tensor, labels: Tensor | None, quan
                          "latents); train with a quantizing bottleneck to export codes")
     codes = codes.to(torch.int64)
     tokens, vocab, counts = _vocabulary(codes, q)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out_dir(out_dir, overwrite)
+    (out / MANIFEST).unlink(missing_ok=True)  # a half-replaced export must not verify
     # integers are stored in the narrowest dtype that holds them; load_export returns int64
     tensors = {"codes": _narrow(codes), "tokens": _narrow(tokens), "vocab": _narrow(vocab),
                "vocab_counts": counts}
@@ -133,12 +187,14 @@ def write_export(out_dir: str | Path, codes: Tensor, labels: Tensor | None, quan
         "files": {name: {"sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size}
                   for name in (CODES, QUANTIZER)},
     }
+    manifest[MANIFEST_DIGEST] = manifest_digest(manifest)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
 def export_codes(model: Any, loader: Iterable[Any], out_dir: str | Path,
-                 info: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+                 info: dict[str, Any] | None = None, progress: bool = True,
+                 overwrite: bool = False) -> dict[str, Any]:
     """Encode every batch of ``loader`` and write the three export files to ``out_dir``.
 
     Args:
@@ -146,9 +202,11 @@ def export_codes(model: Any, loader: Iterable[Any], out_dir: str | Path,
             ``hparams["quantizer"]`` (when present) is recorded as the quantizer's config.
         loader: an unshuffled loader of ``(x, y)`` batches (its ``batch_size`` is recorded:
             :func:`decode_export` decodes in the same batches).
-        out_dir: the export directory (created; existing export files are overwritten).
+        out_dir: the export directory (created; checked before encoding: one that already
+            holds an export is refused unless ``overwrite``, and it must be writable).
         info: extra provenance recorded in the manifest (checkpoint, data config, split).
         progress: show a progress bar.
+        overwrite: replace an export already in ``out_dir``.
 
     Returns:
         The manifest.
@@ -157,6 +215,7 @@ def export_codes(model: Any, loader: Iterable[Any], out_dir: str | Path,
     if not q.integer_codes:
         raise ValueError(f"quantizer '{q.name}' has no integer codes (its codes are the float "
                          "latents); train with a quantizing bottleneck to export codes")
+    prepare_out_dir(out_dir, overwrite)  # before the (long) encoding
     device = next(model.parameters()).device
     codes, labels = [], []
     for batch in track(loader, description="encoding", disable=not progress):
@@ -167,7 +226,8 @@ def export_codes(model: Any, loader: Iterable[Any], out_dir: str | Path,
         raise ValueError("the data split is empty: nothing to export")
     config = dict(getattr(model, "hparams", {}).get("quantizer") or {})
     info = {"batch_size": getattr(loader, "batch_size", None), **(info or {})}
-    return write_export(out_dir, torch.cat(codes), torch.cat(labels), q, config, info)
+    return write_export(out_dir, torch.cat(codes), torch.cat(labels), q, config, info,
+                        overwrite)
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -209,28 +269,53 @@ class CodeExport:
 def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
     """Parse ``manifest.json`` of an export directory and (by default) verify every checksum.
 
+    Verification checks the manifest's own checksum (``manifest_sha256``) first, so an edited
+    manifest, or one whose checksums were removed, is refused; then each file's sha256.
+
     Raises:
         FileNotFoundError: no manifest in ``path``.
-        ExportIntegrityError: a file is missing or its sha256 differs from the manifest's.
+        ExportIntegrityError: the manifest is damaged (not JSON, not an llvq-codes manifest),
+            carries no checksums or differs from its own checksum, or a file is missing or its
+            sha256 differs from the manifest's; the message names the file.
     """
     path = Path(path)
-    if not (path / MANIFEST).is_file():
+    file = path / MANIFEST
+    if not file.is_file():
         raise FileNotFoundError(f"{path} holds no {MANIFEST}; point data.path (or --export) at "
                                 "a directory written by llvq-export")
-    manifest = json.loads((path / MANIFEST).read_text())
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise ExportIntegrityError(f"{path / MANIFEST} is not an {FORMAT} v{VERSION} manifest")
-    if verify:
-        for name, entry in manifest["files"].items():
-            file = path / name
-            if not file.is_file():
-                raise ExportIntegrityError(f"{file} is missing; the export is incomplete, "
-                                           "re-run llvq-export")
-            actual = sha256_file(file)
-            if actual != entry["sha256"]:
-                raise ExportIntegrityError(
-                    f"{file} does not match its manifest: sha256 {actual} != {entry['sha256']} "
-                    "recorded at export; the file was modified or corrupted, re-run llvq-export")
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ExportIntegrityError(f"{file} is damaged (not valid JSON: {err}); re-run "
+                                   "llvq-export") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT \
+            or manifest.get("version") != VERSION:
+        raise ExportIntegrityError(f"{file} is not an {FORMAT} v{VERSION} manifest")
+    if not verify:
+        return manifest
+    recorded = manifest.get(MANIFEST_DIGEST)
+    files = manifest.get("files")
+    if not recorded or not isinstance(files, dict) \
+            or not all(isinstance(files.get(n), dict) and files[n].get("sha256")
+                       for n in (CODES, QUANTIZER)):
+        raise ExportIntegrityError(f"{file} carries no checksums (`{MANIFEST_DIGEST}` and "
+                                   f"`files.*.sha256` for {CODES} and {QUANTIZER}); it cannot "
+                                   "be verified: re-run llvq-export")
+    actual = manifest_digest(manifest)
+    if actual != recorded:
+        raise ExportIntegrityError(f"{file} was modified after export: its content's sha256 "
+                                   f"{actual} != {MANIFEST_DIGEST} {recorded}; re-run "
+                                   "llvq-export")
+    for name, entry in files.items():
+        target = path / name
+        if not target.is_file():
+            raise ExportIntegrityError(f"{target} is missing; the export is incomplete, "
+                                       "re-run llvq-export")
+        actual = sha256_file(target)
+        if actual != entry["sha256"]:
+            raise ExportIntegrityError(
+                f"{target} does not match its manifest: sha256 {actual} != {entry['sha256']} "
+                "recorded at export; the file was modified or corrupted, re-run llvq-export")
     return manifest
 
 

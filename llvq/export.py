@@ -14,6 +14,7 @@ code imports directly; its names are re-exported here for scripts and notebooks:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from llvq.codes_format import (
     decode_export,
     export_codes,
     load_export,
+    prepare_out_dir,
     read_manifest,
     write_export,
 )
@@ -109,7 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: llvq-export logs/train/runs/<time>/checkpoints/last.ckpt --out "
                "exports/photos --split train data.train_samples=8192")
     parser.add_argument("checkpoint", type=Path, help="autoencoder .ckpt written by train.py")
-    parser.add_argument("--out", type=Path, required=True, help="export directory to write")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="export directory to write (one that already holds an export is "
+                             "refused unless --force)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an export already in --out")
     parser.add_argument("--data", default=None,
                         help="data config: a name from configs/data (photos, digits, ...), a "
                              "YAML file, or omitted for the checkpoint run's .hydra/config.yaml")
@@ -133,11 +139,15 @@ def run_cli(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_intermixed_args(argv)
     # before the checkpoint is read: its quantizer (or data) may come from a plugin
     load_plugins([*run_plugins(args.checkpoint), *args.plugins])
+    if not args.checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint {args.checkpoint} does not exist")
+    prepare_out_dir(args.out, args.force)  # before the model is loaded and the split encoded
     model = load_autoencoder(args.checkpoint, args.device)
     data_cfg = data_config(args.data, args.checkpoint, args.overrides)
     loader = split_loader(instantiate(OmegaConf.create(data_cfg)), args.split, args.batch_size)
     info = {"checkpoint": str(args.checkpoint.resolve()), "split": args.split, "data": data_cfg}
-    manifest = export_codes(model, loader, args.out, info, progress=not args.no_progress)
+    manifest = export_codes(model, loader, args.out, info, progress=not args.no_progress,
+                            overwrite=args.force)
     c = manifest["counts"]
     print(f"wrote {manifest['num_samples']} samples of codes {manifest['code_shape']} to "
           f"{args.out}: {int(c['distinct'])} distinct codes, {c['entropy_bits']:.3f} bits per "
@@ -146,8 +156,17 @@ def run_cli(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point (returns None so the exit status is 0)."""
-    run_cli(argv)
+    """Console-script entry point: exit 0 on success; a bad input prints one line and exits 1.
+
+    ``LLVQ_TRACEBACK=1`` shows the full traceback instead.
+    """
+    try:
+        run_cli(argv)
+    except (OSError, ValueError) as err:
+        if os.environ.get("LLVQ_TRACEBACK"):
+            raise
+        print(f"llvq-export: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def _import(target: str, where: str) -> None:
             obj = getattr(obj, part)
         if attr:
             obj()
-    except Exception as err:  # noqa: BLE001 - re-raised with the plugin named
+    except Exception as err:
         raise PluginError(f"llvq plugin {target!r} ({where}) failed to load: "
                           f"{type(err).__name__}: {err}") from err
 

@@ -12,6 +12,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
 from llvq.checkpoints import UntrustedTargetError, check_targets, trusted_packages
+from llvq.codes_format import ExportExistsError, manifest_digest, prepare_out_dir
 from llvq.export import (
     ExportIntegrityError,
     decode_export,
@@ -96,6 +97,71 @@ def test_tampered_or_missing_files_are_refused(tmp_path: Path) -> None:
         load_export(out)
     with pytest.raises(FileNotFoundError, match="manifest.json"):
         load_export(tmp_path)
+
+
+def test_manifest_is_covered_by_its_own_checksum(tmp_path: Path) -> None:
+    """Editing the manifest (its quantizer config, its checksums) or damaging it is refused."""
+    model, loader = _model_and_loader("llvq", tmp_path)
+    out = tmp_path / "export"
+    export_codes(model, loader, out, progress=False)
+    file = out / "manifest.json"
+    original = file.read_text()
+    manifest = json.loads(original)
+    assert manifest["manifest_sha256"] == manifest_digest(manifest)
+
+    edited = json.loads(original)
+    edited["quantizer"]["config"] = {**edited["quantizer"].get("config", {}), "beta": 123.0}
+    file.write_text(json.dumps(edited))
+    with pytest.raises(ExportIntegrityError, match="modified after export"):
+        load_export(out)
+
+    stripped = json.loads(original)
+    del stripped["manifest_sha256"]
+    for entry in stripped["files"].values():
+        entry.pop("sha256")
+    file.write_text(json.dumps(stripped))
+    with pytest.raises(ExportIntegrityError, match="carries no checksums"):
+        load_export(out)
+
+    file.write_text(original[: len(original) // 2])
+    with pytest.raises(ExportIntegrityError, match="damaged"):
+        load_export(out)
+    file.write_text(original)
+    load_export(out)  # restored: accepted again
+
+
+def test_an_existing_export_is_not_replaced_without_force(tmp_path: Path) -> None:
+    model, loader = _model_and_loader("llvq", tmp_path)
+    out = tmp_path / "export"
+    export_codes(model, loader, out, progress=False)
+    before = (out / "manifest.json").read_bytes()
+    with pytest.raises(ExportExistsError, match="already holds an export"):
+        export_codes(model, loader, out, progress=False)
+    assert (out / "manifest.json").read_bytes() == before
+    export_codes(model, loader, out, progress=False, overwrite=True)
+    load_export(out)
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        prepare_out_dir(out / "manifest.json")
+
+
+def test_cli_checks_out_before_loading_and_prints_one_line(tmp_path: Path, capsys) -> None:
+    """``llvq-export`` refuses an existing --out before reading the checkpoint (which here does
+    not even load) and reports bad input in one line with exit status 1."""
+    model, loader = _model_and_loader("llvq", tmp_path)
+    out = tmp_path / "export"
+    export_codes(model, loader, out, progress=False)
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ExportExistsError, match="--force"):
+        export_main([str(junk), "--out", str(out)])
+    import llvq.export
+
+    with pytest.raises(SystemExit) as exit_info:
+        llvq.export.main([str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "new")])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("llvq-export: error: checkpoint") and "does not exist" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_identity_has_nothing_to_export(tmp_path: Path) -> None:

@@ -24,9 +24,11 @@ PACKAGE = ROOT / "llvq"
 #   5  entry points: the runner, console scripts, the package facade (`llvq.run`)
 LAYERS: dict[str, int] = {
     "llvq.registry": 0, "llvq.plugins": 0, "llvq.hashing": 0, "llvq.code_stats": 0,
+    "llvq.progress": 0, "llvq.quiet": 0,
     "llvq.lattices": 1,
     "llvq.quantizers": 2,
     "llvq.nn": 3, "llvq.data": 3, "llvq.federated": 3, "llvq.llm": 3,
+    "llvq.kvcache": 3, "llvq.qat": 3, "llvq.federated.flower.job": 4,
     "llvq.codes_format": 3, "llvq.checkpoints": 3, "llvq.testing": 3,
     "llvq.callbacks": 4, "llvq.modules": 4,
     "llvq.runner": 5, "llvq.cli": 5, "llvq.export": 5, "llvq.sample": 5, "llvq": 5,

@@ -16,7 +16,7 @@ from llvq.runner import run
 from tests.conftest import CONFIG_DIR, ROOT
 
 # experiments that load a real language model (~35 s for SmolLM2 from GGUF) run with -m slow
-SLOW_EXPERIMENTS = {"glvq_smollm2"}
+SLOW_EXPERIMENTS = {"glvq_smollm2", "kv_cache_smollm2"}
 EXPERIMENTS = [pytest.param(p.stem, marks=pytest.mark.slow) if p.stem in SLOW_EXPERIMENTS
                else p.stem for p in sorted((CONFIG_DIR / "experiment").glob("*.yaml"))]
 FAST = ["++trainer.fast_dev_run=true", "callbacks=none", "logger=csv"]
@@ -29,7 +29,7 @@ def _prior_inputs(tmp_path: Path) -> list[str]:
 
 
 # experiments that need inputs made by an earlier job (an export for the prior)
-NEEDS = {"prior": _prior_inputs}
+NEEDS = {"prior": _prior_inputs, "qat_prior": _prior_inputs}
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -81,12 +81,14 @@ class _CrashAt(L.Callback):
 def test_crash_mid_epoch_leaves_a_checkpoint_to_resume(compose_cfg, tmp_path: Path) -> None:
     common = ["trainer.max_epochs=1", "trainer.limit_train_batches=6", "trainer.limit_val_batches=1",
               "logger=csv", "~callbacks.rich_progress_bar", "~callbacks.model_summary"]
-    cfg = compose_cfg(*common, "+callbacks.crash._target_=tests.test_train._CrashAt",
+    # the periodic checkpoint (every 3 steps) is what a crash at step 4 leaves behind
+    cfg = compose_cfg(*common, "callbacks.resume_checkpoint.every_n_steps=3",
+                      "+callbacks.crash._target_=tests.test_train._CrashAt",
                       "+callbacks.crash.step=4")
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(cfg)
-    saved = Path(cfg.paths.output_dir) / "checkpoints" / "on_exception.ckpt"
-    assert torch.load(saved, weights_only=False)["global_step"] == 4
+    saved = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert torch.load(saved, weights_only=False)["global_step"] == 3
     cfg2 = compose_cfg(*common, f"ckpt_path={saved}")
     cfg2.paths.output_dir = str(tmp_path / "resumed")
     run(cfg2)

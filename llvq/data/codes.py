@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from llvq.codes_format import load_export
-from llvq.data.base import require_fraction, require_int, split_off
+from llvq.data.base import require_fraction, require_int, resumable_loader, split_off
 
 __all__ = ["CodesDataModule"]
 
@@ -60,8 +59,10 @@ class CodesDataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("CodesDataModule.setup() must run before asking for a dataloader")
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train,
-                          generator=torch.Generator().manual_seed(self.seed) if train else None,
+        if train:  # order = f(seed, epoch); a resumed run continues at the checkpoint's batch
+            return resumable_loader(dataset, self.batch_size, self.seed, lambda: self.trainer,
+                                    self.num_workers)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:

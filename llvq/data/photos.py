@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 from torch import Tensor
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
 from llvq.data.base import ImageDataModule, require_int
 from llvq.data.images import pil_to_square_uint8, resize
@@ -84,11 +84,14 @@ def _crop(photo: Tensor, top: int, left: int, crop_size: int, image_size: int) -
 class RandomCrops(Dataset):
     """``length`` random crops per epoch, fresh each epoch, reproducible from ``seed``.
 
-    The random stream is seeded from ``(seed, rank, worker seed)``: in the main process it
-    continues across epochs; in a worker it starts from the worker's seed, which the
-    DataLoader draws from its seeded generator. Mixing in the DDP rank keeps ranks from
-    drawing the same crops.
+    Each crop is a pure function of ``(seed, key)``: the training sampler
+    (:class:`~llvq.data.base.ResumableSampler` with ``epoch_keys``) hands out the key
+    ``epoch · length + index``, so every epoch draws new crops, workers and DDP ranks (which
+    get disjoint keys) never repeat each other, and a run resumed mid-epoch cuts exactly the
+    crops the uninterrupted run cut. An index below ``length`` is the key of epoch 0.
     """
+
+    epoch_keys = True  # read by ImageDataModule: its sampler yields epoch-dependent keys
 
     def __init__(
         self,
@@ -97,30 +100,18 @@ class RandomCrops(Dataset):
         crop_size: int,
         image_size: int,
         seed: int,
-        rank: int = 0,
     ) -> None:
         self.photos = list(photos)
         self.length = length
         self.crop_size = crop_size
         self.image_size = image_size
         self.seed = seed
-        self.rank = rank
-        self._stream: int | None = None
-        self._random = random.Random()
 
     def __len__(self) -> int:
         return self.length
 
-    def _rng(self) -> random.Random:
-        info = get_worker_info()
-        stream = -1 if info is None else info.seed
-        if stream != self._stream:
-            self._random = random.Random(f"{self.seed}/{self.rank}/{stream}")
-            self._stream = stream
-        return self._random
-
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        rng = self._rng()
+        rng = random.Random(f"{self.seed}/crop/{int(index)}")
         photo = self.photos[rng.randrange(len(self.photos))]
         top = rng.randrange(photo.shape[1] - self.crop_size + 1)
         left = rng.randrange(photo.shape[2] - self.crop_size + 1)
@@ -222,8 +213,6 @@ class PhotosDataModule(ImageDataModule):
         """Decode the photographs once and wrap them in crop datasets."""
         train = [load_photograph(n, self.channels, self.short_side) for n in self.train_images]
         val = [load_photograph(n, self.channels, self.short_side) for n in self.val_images]
-        train_set = RandomCrops(
-            train, self.train_samples, self.crop_size, self.image_size, self.seed, self.global_rank
-        )
+        train_set = RandomCrops(train, self.train_samples, self.crop_size, self.image_size, self.seed)
         val_set = FixedCrops(val, self.val_samples, self.crop_size, self.image_size, self.seed)
         return train_set, val_set, val_set

@@ -36,8 +36,11 @@ class RoundSums:
 
 
 def receive(sums: RoundSums, compressor: Compressor, payload: Payload, seed: int, weight: float,
-            h_true: Tensor | None = None) -> bool:
+            h_true: Tensor | None = None, reasons: list[str] | None = None) -> bool:
     """Decompress one payload into ``sums``; a payload failing validation is counted, not used.
+
+    Args:
+        reasons: when given, the reason of a rejection is appended to it (for the log).
 
     Returns:
         Whether the payload was accepted.
@@ -48,8 +51,10 @@ def receive(sums: RoundSums, compressor: Compressor, payload: Payload, seed: int
         h_hat = compressor.decompress(payload, seed, numel).double()
         if not bool(torch.isfinite(h_hat).all()):
             raise PayloadError("decompressed update has non-finite values")
-    except PayloadError:
+    except PayloadError as err:
         sums.stats["rejected"] += 1
+        if reasons is not None:
+            reasons.append(str(err))
         return False
     s = sums.stats
     sums.weighted += weight * h_hat

@@ -16,7 +16,8 @@ Layout of an export directory::
     config.json             the model's Hugging Face config
     tokenizer/              the tokenizer
     manifest.json           format, source model, settings, per-layer shapes, bit widths and
-                            errors, effective bits, a size report and the sha256 of each file
+                            errors, effective bits, a size report, the sha256 of each file
+                            (tokenizer files included) and its own (manifest_sha256)
 
 ``load_quantized`` rebuilds the model from its config, fills the unquantized tensors, and sets
 every quantized weight to its dequantization from codes and side information, so the loaded
@@ -34,7 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from llvq.hashing import sha256_file
+from llvq.hashing import sha256_file, sha256_json
 from llvq.llm.groups import LayerResult, dequantize
 from llvq.llm.models import decoder_blocks, load_tokenizer
 
@@ -43,6 +44,7 @@ __all__ = ["FORMAT", "load_quantized", "pack_bits", "save_quantized", "unpack_bi
 FORMAT = "llvq-glvq/1"
 QUANT, REST, CONFIG, MANIFEST, TOKENIZER = ("quantized.safetensors", "rest.safetensors",
                                             "config.json", "manifest.json", "tokenizer")
+MANIFEST_DIGEST = "manifest_sha256"
 
 
 def pack_bits(values: Tensor, bits: int) -> Tensor:
@@ -155,6 +157,9 @@ def save_quantized(directory: str | Path, model: nn.Module, results: dict[str, L
         **(info or {}),
     }
     manifest["sha256"] = {f: sha256_file(out / f) for f in (QUANT, REST, CONFIG)}
+    manifest["sha256"].update({p.relative_to(out).as_posix(): sha256_file(p)
+                               for p in sorted((out / TOKENIZER).rglob("*")) if p.is_file()})
+    manifest[MANIFEST_DIGEST] = sha256_json(manifest)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -168,16 +173,36 @@ def _blocks_prefix(model: nn.Module) -> str:
 
 
 def read_manifest(directory: str | Path) -> dict:
-    """The manifest of an export, after checking every file against its sha256."""
+    """The manifest of an export, after checking it and every file against their sha256.
+
+    The manifest carries its own checksum (``manifest_sha256``, over everything else in it), so
+    an edited manifest or one whose checksums were removed is refused; then every file listed
+    (weights, config and each tokenizer file) is checked.
+    """
     d = Path(directory)
     path = d / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{d} is not a GLVQ export (no {MANIFEST}); create one with "
                                 f"`python train.py experiment=glvq_tiny`")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    for f, digest in manifest.get("sha256", {}).items():
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is damaged (not valid JSON: {err}); export the model again") \
+            from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ValueError(f"{path}: format {found!r}, expected {FORMAT!r}")
+    recorded = manifest.get(MANIFEST_DIGEST)
+    checksums = manifest.get("sha256")
+    if not recorded or not isinstance(checksums, dict) \
+            or not {QUANT, REST, CONFIG} <= set(checksums):
+        raise ValueError(f"{path} carries no checksums (`{MANIFEST_DIGEST}` and `sha256` of "
+                         f"{QUANT}, {REST}, {CONFIG}); it cannot be verified: export again")
+    actual = sha256_json({k: v for k, v in manifest.items() if k != MANIFEST_DIGEST})
+    if actual != recorded:
+        raise ValueError(f"{path} was modified after export: its content's sha256 {actual} != "
+                         f"{MANIFEST_DIGEST} {recorded}")
+    for f, digest in checksums.items():
         if not (d / f).is_file() or sha256_file(d / f) != digest:
             raise ValueError(f"{d / f} is missing or does not match the sha256 in {MANIFEST}")
     return manifest

@@ -20,11 +20,11 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from rich.progress import track
 from torch import Tensor, nn
 
 from llvq.checkpoints import load_checkpoint
 from llvq.codes_format import load_export
+from llvq.progress import track
 
 __all__ = ["PriorModule", "load_prior"]
 

@@ -7,10 +7,14 @@
 # Importing a module registers its quantizers.
 from llvq.quantizers import (
     bounded,  # noqa: F401
+    fibquant,  # noqa: F401
     glvq,  # noqa: F401
     identity,  # noqa: F401
     lattice,  # noqa: F401
     llvq,  # noqa: F401
+    statqat,  # noqa: F401
+    turbo_lattice,  # noqa: F401
+    turbo_scalar,  # noqa: F401
     vq,  # noqa: F401
     vq_ema,  # noqa: F401
 )

@@ -15,6 +15,20 @@ so the basis is parametrised as ``diag B = |b_raw| + min_step``. Every entry sta
 ``min_step`` apart from zero while the gradient of the size loss keeps its paper form
 (``∂(−γ‖B‖₁)/∂b_raw = −γ·sign(b_raw)``). ``min_step`` is a setting, logged as ``basis_min``.
 
+Why the paper's setting spends 2-3 of 64 dimensions (issue 16, ``docs/autoencoder_bench.md``):
+eq. 11 with ``K = 512, D = 64`` asks for ``512^(1/64) ≈ 1.10`` levels per coordinate, i.e. a
+spacing drawn from ``U(0, 9.76)`` while the encoder's latents are O(1). Every coordinate whose
+spacing exceeds twice its latent range rounds to 0 for all inputs; there ``v = 0``, so the
+embedding-loss gradient ``Σ v (Bv − z)`` is exactly 0 and only the size loss acts, whose
+gradient ``−γ`` is the same for every coordinate whatever it costs in distortion: the spacing
+grows, the coordinate never comes back, and the commitment loss pulls its latents to 0.
+
+The rate knob ``target_bits`` replaces the size loss: every spacing is ``2^c · |b_j|`` with one
+global exponent ``c`` (a buffer, not a parameter) moved after each training step by
+``c += rate_gain · log2(R / target_bits)``, where ``R`` is the batch's factorised code entropy
+``Σ_j H(v_j)`` in bits per vector (the rate of a coder with one prior per coordinate; averaged
+over ranks under DDP). The basis then starts at equal spacings, so all coordinates compete.
+
 Notation: ``...`` leading axes, ``D`` the vector width (``dim``).
 """
 
@@ -26,16 +40,33 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from llvq.quantizers._codebook import check_codebook_size
+from llvq.quantizers._codebook import check_codebook_size, distributed, sum_over_ranks
 from llvq.quantizers.base import Quantizer, QuantizerOutput
 from llvq.quantizers.registry import register
 
-__all__ = ["DiagonalLatticeQuantizer", "basis_init_range"]
+__all__ = ["DiagonalLatticeQuantizer", "basis_init_range", "marginal_entropy_bits"]
 
 
 def basis_init_range(codebook_size: int, dim: int) -> float:
     """LL-VQ-VAE eq. 11: half-width ``1/(K^(1/D) − 1)`` of the uniform basis initialisation."""
     return 1.0 / (codebook_size ** (1.0 / dim) - 1.0)
+
+
+def marginal_entropy_bits(v: Tensor) -> Tensor:
+    """Plug-in entropy in bits of each column of integer codes ``v`` ``(N, D)``; ``(D,)``.
+
+    Sort-based, with ``scatter_add`` instead of ``bincount``, so no host-device synchronisation.
+    """
+    n, d = v.shape
+    s, _ = torch.sort(v, dim=0)  # (N, D)
+    start = torch.ones_like(s, dtype=torch.bool)
+    start[1:] = s[1:] != s[:-1]  # (N, D): first entry of each run of equal codes
+    run = torch.cumsum(start.long(), dim=0) - 1  # (N, D): run id within its column
+    slot = run + torch.arange(d, device=v.device) * n  # (N, D): unique per column and run
+    counts = torch.zeros(n * d, device=v.device).scatter_add_(
+        0, slot.reshape(-1), torch.ones(n * d, device=v.device)).view(d, n)  # (D, N)
+    p = counts / max(n, 1)
+    return -(p * torch.log2(p.clamp_min(1e-30))).sum(1)
 
 
 @register("llvq")
@@ -53,17 +84,39 @@ class DiagonalLatticeQuantizer(Quantizer):
         init_basis: explicit initial diagonal (length ``D``, no zero entries); overrides the
             random initialisation.
         min_step: smallest allowed lattice spacing (see the module docstring).
+        target_bits: the rate knob: bits per vector (factorised code entropy) the global
+            spacing is steered to; replaces the size loss (needs ``gamma=0``) and starts from
+            equal spacings (unless ``init_basis`` is given). ``None``: the paper's size loss.
+        rate_gain: step of the spacing exponent per training step (log2 units per doubling
+            of the rate error).
+        check_every: check the basis for NaN/Inf on every call on CPU, every
+            ``check_every`` training calls on other devices (the check synchronises).
     """
 
     vector_codes = True
 
     def __init__(self, dim: int, codebook_size: int = 512, beta: float = 0.25, gamma: float = 1.0,
                  init_range: float | None = None, init_basis: Sequence[float] | None = None,
-                 min_step: float = 1e-3) -> None:
+                 min_step: float = 1e-3, target_bits: float | None = None,
+                 rate_gain: float = 0.05, check_every: int = 100) -> None:
         super().__init__(dim)
         check_codebook_size(codebook_size, self.name)
         if min_step <= 0:
             raise ValueError(f"quantizer 'llvq': `min_step` must be > 0, got {min_step}")
+        if target_bits is not None:
+            if not target_bits > 0:
+                raise ValueError(f"quantizer 'llvq': `target_bits` must be > 0, got {target_bits}")
+            if gamma != 0:
+                raise ValueError(f"quantizer 'llvq': `target_bits` replaces the size loss; set "
+                                 f"gamma=0 (got gamma={gamma}) or target_bits=null")
+            if not rate_gain > 0:
+                raise ValueError(f"quantizer 'llvq': `rate_gain` must be > 0, got {rate_gain}")
+        if not isinstance(check_every, int) or check_every < 1:
+            raise ValueError(f"quantizer 'llvq': `check_every` must be an integer >= 1, "
+                             f"got {check_every!r}")
+        self.target_bits = None if target_bits is None else float(target_bits)
+        self.rate_gain, self.check_every = float(rate_gain), check_every
+        self._calls = 0
         # the lattice is unbounded: K is a target that sets the initial range, not a code size
         self.target_codebook_size, self.beta, self.gamma = codebook_size, float(beta), float(gamma)
         self.min_step = float(min_step)
@@ -79,23 +132,41 @@ class DiagonalLatticeQuantizer(Quantizer):
             if bool((raw < 0).any()):
                 raise ValueError(f"quantizer 'llvq': `init_basis` entries must have |b| >= "
                                  f"min_step={self.min_step}")
+        elif target_bits is not None:
+            raw = torch.full((dim,), 1.0 - self.min_step)  # equal spacings 1; c sets the scale
         else:
             r = init_range if init_range is not None else basis_init_range(codebook_size, dim)
             if not r > 0:
                 raise ValueError(f"quantizer 'llvq': `init_range` must be > 0, got {r}")
             raw = torch.empty(dim).uniform_(-r, r)
         self.basis_raw = nn.Parameter(raw)  # (D,)
+        self.register_buffer("log2_spacing", torch.zeros(()))  # c: global exponent (rate knob)
 
     @property
     def basis(self) -> Tensor:
-        """The diagonal of ``B``, shape ``(D,)``, every entry ≥ ``min_step``."""
-        return self.basis_raw.abs() + self.min_step
+        """The diagonal of ``B``, shape ``(D,)``, every entry ≥ ``min_step`` (times ``2^c``)."""
+        return (self.basis_raw.abs() + self.min_step) * self.log2_spacing.exp2()
 
-    def quantize(self, z: Tensor) -> QuantizerOutput:
-        b = self.basis  # (D,)
+    def _check_basis(self, b: Tensor) -> None:
+        """Raise if the basis is non-finite: every call on CPU, periodically elsewhere."""
+        self._calls += 1
+        if b.device.type != "cpu" and (self._calls - 1) % self.check_every:
+            return
         if not bool(torch.isfinite(b).all()):
             raise ValueError("quantizer 'llvq': the lattice basis became non-finite; "
                              "lower the learning rate")
+
+    @torch.no_grad()
+    def _steer_rate(self, rate: Tensor) -> None:
+        """One step of the rate knob: ``c += rate_gain · log2(R / target_bits)``."""
+        if distributed():
+            rate = sum_over_ranks(rate.clone()) / torch.distributed.get_world_size()
+        err = torch.log2(rate.clamp_min(1e-3) / self.target_bits)
+        self.log2_spacing.add_(self.rate_gain * err)
+
+    def quantize(self, z: Tensor) -> QuantizerOutput:
+        b = self.basis  # (D,)
+        self._check_basis(b)
         z_d, b_d = z.detach(), b.detach()
         if z.numel() == 0:  # an empty batch: empty codes, no loss (not a 0/0 NaN)
             return QuantizerOutput(z_q=z.clone(), codes=z_d.long(), loss=0.0 * b.sum())
@@ -109,12 +180,16 @@ class DiagonalLatticeQuantizer(Quantizer):
         embedding = r.square().mean() + ((b - b_d) * grad_b).sum()
         commitment = F.mse_loss(z, e)  # β‖z − sg[Bv]‖²
         size = -self.gamma * b.sum()  # −γ‖diag B‖₁, eq. 7 (entries are positive)
+        rate = marginal_entropy_bits(v.reshape(-1, self.dim)).sum()  # bits per vector
         z_q = z + r  # straight-through: value Bv, identity gradient to z
         metrics = {
             "embedding_loss": embedding.detach(), "commitment": commitment.detach(),
             "size_loss": size.detach(), "basis_mean": b.detach().mean(),
-            "basis_min": b.detach().min(), "code_absmax": v.abs().max(),
+            "basis_min": b.detach().min(), "code_absmax": v.abs().max(), "rate_bits": rate,
+            "active_dims": (v != 0).reshape(-1, self.dim).any(0).sum().float(),
         }
+        if self.training and self.target_bits is not None:
+            self._steer_rate(rate)
         return QuantizerOutput(z_q=z_q, codes=v.long(), loss=embedding + self.beta * commitment + size,
                                metrics=metrics)
 
@@ -126,4 +201,4 @@ class DiagonalLatticeQuantizer(Quantizer):
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, target_codebook_size={self.target_codebook_size}, beta={self.beta}, "
-                f"gamma={self.gamma}, min_step={self.min_step}")
+                f"gamma={self.gamma}, min_step={self.min_step}, target_bits={self.target_bits}")

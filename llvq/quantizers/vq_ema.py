@@ -1,10 +1,11 @@
-"""VQ-VAE with a codebook learned by exponential moving averages.
+"""VQ-VAE with a codebook learned by exponential moving averages, made not to collapse.
 
 van den Oord et al. (2017), appendix A.1: cluster sizes ``N_k`` and sums ``m_k`` are tracked
-with decay γ; codewords are ``e_k = m_k / N_k`` with Laplace smoothing of ``N``. Codewords
-whose averaged usage falls below a threshold can be restarted at random encoder outputs
-(Dhariwal et al., 2020). Under DDP the statistics are summed over ranks so every replica keeps
-the same codebook.
+with decay γ; codewords are ``e_k = m_k / N_k`` with Laplace smoothing of ``N``. By default the
+codebook starts from k-means on the first training batch and codewords whose averaged usage
+falls below a threshold are restarted at random encoder outputs (Dhariwal et al., 2020);
+without both the paper's setting keeps ~8 of 512 codes on ``photos`` (issue 16). Under DDP the
+statistics are summed over ranks and draws are rank 0's, so every replica keeps the same codebook.
 
 Notation: ``...`` leading axes, ``d`` vector width, ``K`` codebook size, ``N`` flattened vectors.
 """
@@ -12,19 +13,22 @@ Notation: ``...`` leading axes, ``d`` vector width, ``K`` codebook size, ``N`` f
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from llvq.quantizers._codebook import check_codebook_size, nearest_codeword, usage_metrics
+from llvq.quantizers._codebook import (
+    check_codebook_size,
+    kmeans,
+    nearest_codeword,
+    restart_dead,
+    rotate_to,
+    sum_over_ranks,
+    usage_metrics,
+)
 from llvq.quantizers.base import Quantizer, QuantizerOutput
 from llvq.quantizers.registry import register
 
 __all__ = ["EMAVectorQuantizer"]
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 @register("vq_ema")
@@ -37,15 +41,19 @@ class EMAVectorQuantizer(Quantizer):
         beta: commitment weight β.
         decay: EMA decay γ in (0, 1).
         epsilon: Laplace smoothing constant for the cluster sizes.
+        kmeans_init: set the codebook by k-means on the first training batch (rank 0's under
+            DDP); otherwise the paper's uniform ``±1/K`` initialisation.
         restart_dead_codes: replace codewords whose EMA usage falls below
             ``dead_code_threshold`` with random encoder outputs of the current batch.
-        dead_code_threshold: EMA cluster size (expected uses per batch) below which a
-            codeword counts as dead.
+        dead_code_threshold: EMA cluster size (expected uses per batch, all ranks) below which
+            a codeword counts as dead.
+        rotation_trick: pass gradients with the rotation trick instead of straight through.
     """
 
     def __init__(self, dim: int, codebook_size: int = 512, beta: float = 0.25,
-                 decay: float = 0.99, epsilon: float = 1e-5, restart_dead_codes: bool = False,
-                 dead_code_threshold: float = 1.0) -> None:
+                 decay: float = 0.99, epsilon: float = 1e-5, kmeans_init: bool = True,
+                 restart_dead_codes: bool = True, dead_code_threshold: float = 1.0,
+                 rotation_trick: bool = False) -> None:
         super().__init__(dim)
         check_codebook_size(codebook_size, self.name)
         if not 0.0 < decay < 1.0:
@@ -54,32 +62,53 @@ class EMAVectorQuantizer(Quantizer):
             raise ValueError(f"quantizer 'vq_ema': `epsilon` must be > 0, got {epsilon}")
         self.codebook_size = codebook_size
         self.beta, self.decay, self.epsilon = float(beta), float(decay), float(epsilon)
-        self.restart_dead_codes = bool(restart_dead_codes)
+        self.kmeans_init, self.restart_dead_codes = bool(kmeans_init), bool(restart_dead_codes)
         self.dead_code_threshold = float(dead_code_threshold)
+        self.rotation_trick = bool(rotation_trick)
         codebook = torch.empty(codebook_size, dim).uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
         self.register_buffer("codebook", codebook)  # (K, d)
         self.register_buffer("cluster_size", torch.ones(codebook_size))  # (K,)
         self.register_buffer("embed_sum", codebook.clone())  # (K, d)
+        self.register_buffer("initialized", torch.tensor(not self.kmeans_init))
+        self._initialized: bool | None = None  # host copy of `initialized`, read once
+
+    def _maybe_init(self, flat: Tensor) -> None:
+        if self._initialized is None:
+            self._initialized = bool(self.initialized)  # one sync per process, then cached
+        if self._initialized:
+            return
+        with torch.no_grad():
+            self.codebook.copy_(kmeans(flat, self.codebook_size))
+            self.embed_sum.copy_(self.codebook)  # cluster_size 1: e_k = m_k / 1
+            self.cluster_size.fill_(1.0)
+            self.initialized.fill_(True)
+        self._initialized = True
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._initialized = None  # re-read the loaded flag
 
     def quantize(self, z: Tensor) -> QuantizerOutput:
         flat = z.detach().reshape(-1, self.dim)  # (N, d)
+        if self.training and flat.shape[0] > 0:
+            self._maybe_init(flat)
         idx = nearest_codeword(flat, self.codebook)  # (N,)
-        e = F.embedding(idx, self.codebook).view_as(z)  # (..., d)
-        commitment = F.mse_loss(z, e)
+        e = F.embedding(idx, self.codebook)  # (N, d)
+        commitment = F.mse_loss(z.reshape(-1, self.dim), e)
         metrics = {"commitment": commitment.detach(), **usage_metrics(idx, self.codebook_size)}
-        if self.training:
+        if self.training and flat.shape[0] > 0:
             metrics["restarted"] = self._ema_update(flat, idx)
-        z_q = z + (e - z).detach()  # straight-through
+        if self.rotation_trick:
+            z_q = rotate_to(z.reshape(-1, self.dim), e).view_as(z)
+        else:
+            z_q = z + (e.view_as(z) - z).detach()  # straight-through
         return QuantizerOutput(z_q=z_q, codes=idx.view(z.shape[:-1]),
                                loss=self.beta * commitment, metrics=metrics)
 
     @torch.no_grad()
     def _ema_update(self, flat: Tensor, idx: Tensor) -> Tensor:
-        counts = torch.bincount(idx, minlength=self.codebook_size).to(flat.dtype)  # (K,)
-        sums = torch.zeros_like(self.embed_sum).index_add_(0, idx, flat)  # (K, d)
-        if _distributed():
-            dist.all_reduce(counts)
-            dist.all_reduce(sums)
+        counts = sum_over_ranks(torch.bincount(idx, minlength=self.codebook_size).to(flat.dtype))
+        sums = sum_over_ranks(torch.zeros_like(self.embed_sum).index_add_(0, idx, flat))  # (K, d)
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         n = self.cluster_size.sum()
@@ -87,21 +116,12 @@ class EMAVectorQuantizer(Quantizer):
         self.codebook.copy_(self.embed_sum / smoothed.unsqueeze(1))
         if not self.restart_dead_codes:
             return flat.new_zeros(())
-        return self._restart(flat)
-
-    def _restart(self, flat: Tensor) -> Tensor:
         dead = self.cluster_size < self.dead_code_threshold  # (K,)
-        num_dead = int(dead.sum())
-        if num_dead == 0:
-            return flat.new_zeros(())
-        pick = torch.randint(0, flat.shape[0], (num_dead,), device=flat.device)
-        fresh = flat[pick]  # (num_dead, d)
-        if _distributed():  # every rank takes rank 0's draw so codebooks stay identical
-            dist.broadcast(fresh, src=0)
-        self.codebook[dead] = fresh
-        self.embed_sum[dead] = fresh * self.dead_code_threshold
-        self.cluster_size[dead] = self.dead_code_threshold
-        return flat.new_tensor(float(num_dead))
+        restarted = restart_dead(self.codebook, self.cluster_size, flat, self.dead_code_threshold)
+        # a restarted code k keeps e_k = m_k / N_k with N_k = threshold
+        self.embed_sum.copy_(torch.where(dead[:, None], self.codebook * self.dead_code_threshold,
+                                         self.embed_sum))
+        return restarted
 
     def encode_impl(self, z: Tensor) -> Tensor:
         return nearest_codeword(z.reshape(-1, self.dim), self.codebook).view(z.shape[:-1])
@@ -111,4 +131,5 @@ class EMAVectorQuantizer(Quantizer):
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, codebook_size={self.codebook_size}, beta={self.beta}, "
-                f"decay={self.decay}, restart_dead_codes={self.restart_dead_codes}")
+                f"decay={self.decay}, kmeans_init={self.kmeans_init}, "
+                f"restart_dead_codes={self.restart_dead_codes}")

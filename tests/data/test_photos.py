@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from llvq.data import PHOTOGRAPHS, PhotosDataModule
+from llvq.data.base import ResumableSampler
 from llvq.data.photos import RandomCrops, load_photograph
 
 
@@ -77,9 +78,13 @@ def test_training_crops_differ_between_workers_epochs_and_ranks():
     assert not torch.equal(epoch1, epoch2)
     assert not torch.equal(epoch1[:16], epoch1[16:])  # the two workers draw different crops
     photos = [load_photograph("astronaut", 3, 64)]
-    rank0 = RandomCrops(photos, 4, 16, 16, seed=0, rank=0)
-    rank1 = RandomCrops(photos, 4, 16, 16, seed=0, rank=1)
-    assert not torch.equal(rank0[0][0], rank1[0][0])
+    crops = RandomCrops(photos, 4, 16, 16, seed=0)
+    assert not torch.equal(crops[0][0], crops[4][0])  # key 4 = index 0 of epoch 1
+    torch.testing.assert_close(crops[5][0], RandomCrops(photos, 4, 16, 16, seed=0)[5][0])
+    # DDP ranks get disjoint keys of the same epoch
+    keys = [set(ResumableSampler(crops, 2, 0, num_replicas=2, rank=r, epoch_keys=True))
+            for r in (0, 1)]
+    assert not keys[0] & keys[1] and len(keys[0] | keys[1]) == 4
 
 
 @pytest.mark.parametrize(

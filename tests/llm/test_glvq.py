@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -82,6 +83,32 @@ def test_tampered_export_is_refused(tmp_path: Path) -> None:
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="sha256"):
+        load_quantized(tmp_path / "q")
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    load_quantized(tmp_path / "q")  # restored: accepted again
+
+    tokenizer_files = [p for p in (tmp_path / "q" / "tokenizer").rglob("*") if p.is_file()]
+    assert tokenizer_files
+    original = tokenizer_files[0].read_bytes()
+    tokenizer_files[0].write_bytes(original + b" ")
+    with pytest.raises(ValueError, match="tokenizer.*sha256"):
+        load_quantized(tmp_path / "q")
+    tokenizer_files[0].write_bytes(original)
+
+    manifest_file = tmp_path / "q" / "manifest.json"
+    text = manifest_file.read_text()
+    edited = json.loads(text)
+    edited["group_size"] = edited["group_size"] * 2
+    manifest_file.write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match="modified after export"):
+        load_quantized(tmp_path / "q")
+    del edited["manifest_sha256"], edited["sha256"]
+    manifest_file.write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match="carries no checksums"):
+        load_quantized(tmp_path / "q")
+    manifest_file.write_text(text[:100])
+    with pytest.raises(ValueError, match="damaged"):
         load_quantized(tmp_path / "q")
 
 
@@ -170,12 +197,13 @@ def test_resume_after_an_interrupted_block_gives_the_same_result(compose_cfg,
                                                                   tmp_path: Path) -> None:
     full = _tiny_cfg(compose_cfg, f"model.export_dir={tmp_path / 'full'}")
     run(full)
-    crash = _tiny_cfg(compose_cfg, "+callbacks.crash._target_=tests.test_train._CrashAt",
+    crash = _tiny_cfg(compose_cfg, "callbacks.resume_checkpoint.every_n_steps=1",
+                      "+callbacks.crash._target_=tests.test_train._CrashAt",
                       "+callbacks.crash.step=1", f"model.export_dir={tmp_path / 'crashed'}")
     crash.paths.output_dir = str(tmp_path / "crash_run")
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(crash)
-    saved = tmp_path / "crash_run" / "checkpoints" / "on_exception.ckpt"
+    saved = tmp_path / "crash_run" / "checkpoints" / "last.ckpt"  # written after block 0
     state = torch.load(saved, weights_only=False)
     assert state["glvq"]["done"] == [0]
     resumed = _tiny_cfg(compose_cfg, f"ckpt_path={saved}",

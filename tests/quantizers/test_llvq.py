@@ -38,7 +38,7 @@ def test_init_range_matches_paper() -> None:
     q = build("llvq", dim=64, codebook_size=512)
     r = basis_init_range(512, 64)
     assert float(q.basis_raw.detach().abs().max()) <= r
-    assert float(q.basis.min()) >= q.min_step
+    assert float(q.basis.detach().min()) >= q.min_step
 
 
 def test_basis_never_reaches_zero() -> None:
@@ -72,3 +72,35 @@ def test_sparse_size_loss_grows_the_basis() -> None:
         opt.step()
     assert float(q.basis.sum()) > before
     assert math.isfinite(float(q.basis.sum()))
+
+
+def test_rate_knob_reaches_target_bits() -> None:
+    # fixed Gaussian latents of unequal spread: the global spacing is steered to the target
+    g = torch.Generator().manual_seed(0)
+    spread = torch.linspace(0.2, 2.0, 16)
+    for target in (2.0, 8.0):
+        q = build("llvq", dim=16, gamma=0.0, target_bits=target, rate_gain=0.1)
+        for _ in range(150):
+            out = q(torch.randn(1024, 16, generator=g) * spread)
+        rate = float(out.metrics["rate_bits"])
+        assert target / 1.5 <= rate <= target * 1.5, (target, rate)
+    assert float(out.metrics["active_dims"]) > 8  # the rate is spread over the coordinates
+
+
+def test_marginal_entropy_bits_hand_computed() -> None:
+    from llvq.quantizers.llvq import marginal_entropy_bits
+    v = torch.tensor([[0, 5], [0, 5], [1, 5], [2, 5]])
+    assert_close(marginal_entropy_bits(v), torch.tensor([1.5, 0.0]))
+
+
+def test_rate_knob_needs_gamma_zero() -> None:
+    with pytest.raises(ValueError, match="gamma=0"):
+        build("llvq", dim=4, target_bits=4.0)
+
+
+def test_basis_check_is_clear() -> None:
+    q = build("llvq", dim=2, init_basis=[1.0, 1.0])
+    with torch.no_grad():
+        q.basis_raw[0] = float("nan")
+    with pytest.raises(ValueError, match="basis became non-finite"):
+        q(torch.randn(3, 2))
