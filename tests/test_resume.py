@@ -84,6 +84,7 @@ def test_sigterm_saves_prints_the_resume_command_and_exits_143(ae_reference, tmp
     assert "SIGTERM: saved" in out and "ckpt_path=" in out and "resume with" in out
 
 
+@pytest.mark.slow  # ~30 s; the autoencoder case runs by default
 def test_prior_sigkill_at_a_random_step_resumes_exactly(tmp_path) -> None:
     from tests.callbacks._fake import write_tiny_export
 

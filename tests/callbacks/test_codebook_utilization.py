@@ -90,6 +90,7 @@ def test_state_survives_resume(tmp_path: Path) -> None:
     assert any(len(s.get("history", [])) == 2 for s in state.values())
 
 
+@pytest.mark.slow  # ~20 s: two processes
 def test_ddp_counts_are_reduced_across_two_processes(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}

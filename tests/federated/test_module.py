@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from llvq.modules import FederatedModule
@@ -56,6 +57,7 @@ def _final_weights(tmp_path: Path, devices: list[str]) -> dict[str, torch.Tensor
     return state["state_dict"]
 
 
+@pytest.mark.slow  # ~35 s; tests/test_train.py::test_ddp_cpu_two_processes_under_hydra runs DDP by default
 def test_two_process_ddp_gives_the_same_global_model(tmp_path: Path) -> None:
     one = _final_weights(tmp_path / "one", [])
     two = _final_weights(tmp_path / "two", ["trainer=ddp_cpu"])

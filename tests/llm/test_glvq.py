@@ -243,7 +243,7 @@ def test_model_without_linear_layers_is_refused() -> None:
 
 
 @pytest.mark.parametrize("feedback", [
-    True,  # the ranks share out the layers of each block
+    pytest.param(True, marks=pytest.mark.slow),  # the ranks share out the layers of each block
     pytest.param(False, marks=pytest.mark.slow),  # the ranks share out the groups of each layer
 ])
 def test_ddp_cpu_shares_out_work_and_matches_one_process(feedback: bool, tmp_path: Path) -> None:

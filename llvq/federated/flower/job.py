@@ -16,6 +16,7 @@ in this process, no engine). A deployment on separate processes is
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -79,6 +80,9 @@ class FlowerJob(StepJob):
     def run_unit(self, index: int) -> None:
         hp = self.hparams
         s = self.settings
+        if self.trainer.fast_dev_run and s.rounds > 1:
+            log.info("fast_dev_run: one Flower round instead of model.rounds=%d", s.rounds)
+            s = dataclasses.replace(s, rounds=1)
         if hp.engine == "simulation":
             self.summary = simulate(s, hp.num_cpus, hp.cpus_per_client)
         else:
