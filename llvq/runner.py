@@ -98,9 +98,9 @@ def _check_settings(cfg: DictConfig) -> None:
     trainer = cfg.get("trainer") or {}
     accelerator = str(trainer.get("accelerator", "auto"))
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"trainer.accelerator={accelerator} (trainer=gpu/ddp) but no CUDA GPU "
-                           "is visible to torch on this machine; use trainer=cpu (or check "
-                           "CUDA_VISIBLE_DEVICES and the torch build)")
+        raise ValueError(f"trainer.accelerator={accelerator} (trainer=gpu/ddp) but no CUDA GPU "
+                         "is visible to torch on this machine; use trainer=cpu (or check "
+                         "CUDA_VISIBLE_DEVICES and the torch build)")
     for key in ("limit_train_batches", "max_epochs", "max_steps"):
         value = trainer.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):

@@ -20,7 +20,12 @@ the first broken rule of the contract (``llvq.quantizers.base``):
   ``integer_codes`` booleans, ``name`` a string;
 - a NaN in ``z`` and a wrong last axis raise ``ValueError``;
 - optionally (``empty_batch=True``) an empty batch ``(0, dim)`` passes through with the right
-  shapes (its loss may be NaN: a mean over nothing).
+  shapes, a finite loss and finite metrics (the base ``forward`` turns a mean over nothing
+  into 0), in training and in eval mode;
+- optionally (``dtypes=(torch.float16, ...)``) latents of each dtype are quantized with ``z_q``
+  in that dtype, int64 codes, a finite loss, and ``decode(encode(z))`` close to ``z_q`` in eval
+  mode (the quantizer casts inside), or are refused with a ``TypeError``/``ValueError`` that
+  names the dtype.
 
 The quantizer passed in is not changed: the checks run on a deep copy.
 
@@ -73,7 +78,7 @@ def _check_fields(q: Quantizer) -> None:
         raise _fail(q, f"`bits_per_vector` must be a finite number >= 0 or None, got {bits!r}")
 
 
-def _check_output(q: Quantizer, z: Tensor, out: QuantizerOutput, finite: bool = True) -> None:
+def _check_output(q: Quantizer, z: Tensor, out: QuantizerOutput) -> None:
     if not isinstance(out, QuantizerOutput):
         raise _fail(q, f"forward must return a QuantizerOutput, got {type(out).__name__}")
     if out.z_q.shape != z.shape or out.z_q.dtype != z.dtype:
@@ -86,8 +91,7 @@ def _check_output(q: Quantizer, z: Tensor, out: QuantizerOutput, finite: bool = 
     if q.integer_codes and out.codes.dtype != torch.int64:
         raise _fail(q, f"codes must be int64, got {out.codes.dtype} (set integer_codes = False "
                        "only when the codes are the float latents)")
-    if not isinstance(out.loss, Tensor) or out.loss.ndim != 0 \
-            or (finite and not torch.isfinite(out.loss)):
+    if not isinstance(out.loss, Tensor) or out.loss.ndim != 0 or not torch.isfinite(out.loss):
         raise _fail(q, f"loss must be a finite scalar tensor, got {out.loss!r}")
     for key, value in out.metrics.items():
         if not isinstance(value, Tensor) or value.ndim != 0:
@@ -155,9 +159,44 @@ def _check_rejects(q: Quantizer, z: Tensor) -> None:
         raise _fail(q, f"latents of width {q.dim + 1} were accepted by a dim={q.dim} quantizer")
 
 
+def _check_empty(q: Quantizer) -> None:
+    empty = torch.zeros(0, q.dim)
+    for mode in ("train", "eval"):
+        getattr(q, mode)()
+        out = q(empty)
+        _check_output(q, empty, out)
+        bad = [k for k, v in out.metrics.items() if not bool(torch.isfinite(v).all())]
+        if bad:
+            raise _fail(q, f"an empty batch gives non-finite metrics {bad} ({mode} mode)")
+    codes = q.encode(empty)
+    if tuple(q.decode(codes).shape) != (0, q.dim):
+        raise _fail(q, "decode(encode(z)) of an empty batch is not (0, dim)")
+
+
+def _check_dtype(q: Quantizer, z: Tensor, dtype: torch.dtype) -> None:
+    zd = z.to(dtype)
+    try:
+        out = q.train()(zd)
+    except (TypeError, ValueError) as err:
+        if str(dtype).removeprefix("torch.") not in str(err):
+            raise _fail(q, f"{dtype} latents were refused without naming the dtype: "
+                           f"{err}") from None
+        return
+    _check_output(q, zd, out)
+    q.eval()
+    with torch.no_grad():
+        z_q = q(zd).z_q
+    tol = {torch.float16: 1e-2, torch.bfloat16: 5e-2}.get(dtype, 1e-5)
+    try:
+        assert_close(q.decode(q.encode(zd)).to(dtype), z_q, rtol=tol, atol=tol)
+    except AssertionError as err:
+        raise _fail(q, f"decode(encode(z)) differs from forward(z).z_q for {dtype} latents\n"
+                       + str(err)) from None
+
+
 def check_quantizer(q: Quantizer, straight_through: Literal["exact", "any"] = "exact",
                     batch_shape: tuple[int, ...] = (2, 3, 4), seed: int = 0,
-                    empty_batch: bool = False) -> None:
+                    empty_batch: bool = False, dtypes: tuple[torch.dtype, ...] = ()) -> None:
     """Check that ``q`` honours the llvq quantizer contract; raise ``AssertionError`` if not.
 
     Args:
@@ -167,6 +206,7 @@ def check_quantizer(q: Quantizer, straight_through: Literal["exact", "any"] = "e
         batch_shape: the leading axes of the test latents ``(*batch_shape, dim)``.
         seed: seed of the test latents.
         empty_batch: also run forward, encode and decode on a ``(0, dim)`` batch.
+        dtypes: also quantize latents of these dtypes (e.g. ``torch.float16``).
     """
     if straight_through not in ("exact", "any"):
         raise ValueError(f"straight_through must be 'exact' or 'any', got {straight_through!r}")
@@ -180,8 +220,6 @@ def check_quantizer(q: Quantizer, straight_through: Literal["exact", "any"] = "e
     _check_output(q, z, q(z))
     _check_round_trip(q, latents(q.dim, batch_shape, seed + 1))
     if empty_batch:
-        empty = torch.zeros(0, q.dim)
-        _check_output(q, empty, q(empty), finite=False)  # a mean over nothing is NaN
-        codes = q.encode(empty)
-        if tuple(q.decode(codes).shape) != (0, q.dim):
-            raise _fail(q, "decode(encode(z)) of an empty batch is not (0, dim)")
+        _check_empty(q)
+    for dtype in dtypes:
+        _check_dtype(q, latents(q.dim, batch_shape, seed + 2), dtype)

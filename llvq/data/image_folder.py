@@ -24,7 +24,7 @@ __all__ = ["ImageFiles", "ImageFolderDataModule", "list_images"]
 
 
 class ImageFiles(Dataset):
-    """Image files decoded on access.
+    """Image files decoded on access; a file that does not decode is a ``ValueError`` naming it.
 
     Args:
         paths: image files.
@@ -41,8 +41,13 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        with Image.open(self.paths[index]) as image:
-            return self.transform(image), self.labels[index]
+        path = self.paths[index]
+        try:
+            with Image.open(path) as image:
+                return self.transform(image), self.labels[index]
+        except (OSError, SyntaxError, ValueError, EOFError) as err:  # PIL's damaged-file errors
+            raise ValueError(f"image file {path} is truncated or damaged ({type(err).__name__}: "
+                             f"{err}); replace or remove it from the data folder") from None
 
 
 def _images_under(folder: Path) -> list[Path]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -67,8 +68,21 @@ def load_photograph(name: str, channels: int, short_side: int) -> Tensor:
         name: a key of :data:`PHOTOGRAPHS`.
         channels: 1 or 3 (gray photographs are repeated to RGB, colour ones reduced to luma).
         short_side: the shorter side after an antialiased bilinear resize.
+
+    Raises:
+        ValueError: the photograph's file in scikit-image's data folder does not decode
+            (truncated or damaged), naming the photograph and the folder.
     """
-    image = Image.fromarray(PHOTOGRAPHS[name]())
+    try:
+        array = PHOTOGRAPHS[name]()
+    except (OSError, SyntaxError, ValueError, EOFError) as err:  # PIL's damaged-file errors
+        folder = Path(skdata.__file__).parent
+        raise ValueError(f"photograph {name!r} (data.train_images / data.val_images) could not be "
+                         f"decoded: {type(err).__name__}: {err}; its file under {folder} is "
+                         f"truncated or damaged -- reinstall scikit-image "
+                         f"(pip install --force-reinstall scikit-image) or leave {name!r} out"
+                         ) from None
+    image = Image.fromarray(array)
     width, height = image.size
     factor = short_side / min(width, height)
     size = (max(short_side, round(width * factor)), max(short_side, round(height * factor)))

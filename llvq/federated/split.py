@@ -18,7 +18,7 @@ __all__ = ["dirichlet_split", "iid_split"]
 def iid_split(num_samples: int, num_clients: int, seed: int = 0) -> list[Tensor]:
     """A random partition of ``range(num_samples)`` into ``num_clients`` near-equal shares."""
     if num_clients < 1 or num_clients > num_samples:
-        raise ValueError(f"federated.num_clients must be in [1, {num_samples}], got {num_clients}")
+        raise ValueError(f"num_clients must be in [1, {num_samples}], got {num_clients}")
     perm = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed))
     return [part.sort().values for part in torch.tensor_split(perm, num_clients)]
 
@@ -40,8 +40,11 @@ def dirichlet_split(labels: Tensor, num_clients: int, alpha: float, seed: int = 
     if alpha <= 0:
         raise ValueError(f"federated.alpha must be > 0 (or null for IID), got {alpha}")
     y = labels.cpu().numpy()
-    if num_clients < 1 or num_clients * min_size > len(y):
-        raise ValueError(f"federated.num_clients={num_clients} is too many for {len(y)} samples")
+    if num_clients < 1:
+        raise ValueError(f"num_clients must be >= 1, got {num_clients}")
+    if num_clients * min_size > len(y):
+        raise ValueError(f"num_clients={num_clients} is too many for {len(y)} samples "
+                         f"(each client needs at least {min_size})")
     rng = np.random.default_rng(seed)
     for _ in range(100):
         shares: list[list[int]] = [[] for _ in range(num_clients)]

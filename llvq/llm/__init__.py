@@ -6,7 +6,8 @@
 Modules: :mod:`~llvq.llm.settings` (the nested settings), :mod:`~llvq.llm.groups` (one layer
 as a grouped problem: grouping, side information, initialisation, decoding),
 :mod:`~llvq.llm.glvq` (the alternating optimisation), :mod:`~llvq.llm.allocation` (bit widths),
-:mod:`~llvq.llm.baselines` (RTN, HQQ and the ``LLM_BASELINES`` registry), :mod:`~llvq.llm.ptq`
+:mod:`~llvq.llm.baselines` (RTN, HQQ and the ``LLM_BASELINES`` registry),
+:mod:`~llvq.llm.gptq` (GPTQ, a calibrated baseline), :mod:`~llvq.llm.ptq`
 (block by block, DDP), :mod:`~llvq.llm.io` (export), :mod:`~llvq.llm.eval` (perplexity).
 ``transformers`` (the ``llm`` extra) is imported only when a model is loaded.
 """
@@ -14,10 +15,11 @@ as a grouped problem: grouping, side information, initialisation, decoding),
 from llvq.llm.allocation import allocate_bits
 from llvq.llm.baselines import LLM_BASELINES, BaselineOutput, apply_baseline, rtn_quantize
 from llvq.llm.glvq import quantize_layer
+from llvq.llm.gptq import GPTQBaseline, gptq_quantize
 from llvq.llm.groups import LayerResult, dequantize
 from llvq.llm.io import load_quantized, save_quantized
 from llvq.llm.models import load_causal_lm
-from llvq.llm.ptq import BlockwisePTQ
+from llvq.llm.ptq import BlockwisePTQ, quantize_with_baseline
 from llvq.llm.settings import EvalSettings, GLVQSettings, LMSpec, PTQConfig
 
 __all__ = [
@@ -26,15 +28,18 @@ __all__ = [
     "BlockwisePTQ",
     "EvalSettings",
     "GLVQSettings",
+    "GPTQBaseline",
     "LMSpec",
     "LayerResult",
     "PTQConfig",
     "allocate_bits",
     "apply_baseline",
     "dequantize",
+    "gptq_quantize",
     "load_causal_lm",
     "load_quantized",
     "quantize_layer",
+    "quantize_with_baseline",
     "rtn_quantize",
     "save_quantized",
 ]

@@ -13,8 +13,11 @@ options of its own); the built object maps one weight matrix to a :class:`Baseli
 The LLM PTQ module evaluates the names in ``model.eval.baselines`` on the full-precision
 weights (``final/ppl_<name>``), and ``bench/llm_ptq.py`` / ``bench/llm_peers.py`` build theirs
 from here, so a package that registers a baseline (through an ``llvq.plugins`` entry point)
-is measured the same way. Built in: ``rtn`` (group-wise round to nearest) and ``hqq``
-(half-quadratic quantization; needs the ``hqq`` package, imported only when it is built).
+is measured the same way. Built in: ``rtn`` (group-wise round to nearest), ``hqq``
+(half-quadratic quantization; needs the ``hqq`` package, imported only when it is built) and
+``gptq`` (:mod:`llvq.llm.gptq`). A baseline with ``calibrated = True`` is called as
+``baseline(w, h)`` with the layer's input second moment ``h``, and is run block by block on the
+calibration windows by :func:`llvq.llm.ptq.quantize_with_baseline`.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ __all__ = [
     "HQQBaseline",
     "RTNBaseline",
     "apply_baseline",
+    "check_bits",
     "rtn_quantize",
 ]
 
@@ -59,8 +63,10 @@ class BaselineOutput:
 def rtn_quantize(w: Tensor, bits: int, group_size: int) -> tuple[Tensor, float]:
     """Round-to-nearest asymmetric scalar quantization per (row, group of columns).
 
-    Scale and zero point are float16 per row and group, so the layer costs
-    ``bits + 32 / group_size`` bits per weight. Returns the dequantized weight and that figure.
+    The scale is float16 and the zero point an integer in ``[0, 2^bits - 1]`` per row and group,
+    stored as GPTQ stores its zeros (``bits`` wide), so the layer costs
+    ``bits + (16 + bits) / group_size`` bits per weight. Returns the dequantized weight and
+    that figure.
     """
     out, inp = w.shape
     if inp % group_size:
@@ -72,10 +78,10 @@ def rtn_quantize(w: Tensor, bits: int, group_size: int) -> tuple[Tensor, float]:
     zero = torch.round(-lo / scale).clamp(0, qmax).to(SIDE_DTYPE).float()
     codes = torch.clamp(torch.round(v / scale) + zero, 0, qmax)
     w_hat = ((codes - zero) * scale).reshape(out, inp)
-    return w_hat, bits + 2 * SIDE_BITS / group_size
+    return w_hat, bits + (SIDE_BITS + bits) / group_size
 
 
-def _check_bits(name: str, bits: Any, allowed: tuple[int, ...] | None = None) -> int:
+def check_bits(name: str, bits: Any, allowed: tuple[int, ...] | None = None) -> int:
     if not isinstance(bits, int) or isinstance(bits, bool) or bits < 1 \
             or (allowed is not None and bits not in allowed):
         want = f"one of {allowed}" if allowed else "an integer >= 1"
@@ -93,7 +99,7 @@ class RTNBaseline:
     """
 
     def __init__(self, bits: int, group_size: int = 128) -> None:
-        self.bits = _check_bits("rtn", bits)
+        self.bits = check_bits("rtn", bits)
         self.group_size = group_size
 
     def __call__(self, w: Tensor) -> BaselineOutput:
@@ -121,7 +127,7 @@ class HQQBaseline:
     """
 
     def __init__(self, bits: int, group_size: int = 64) -> None:
-        self.bits = _check_bits("hqq", bits, (1, 2, 3, 4, 8))
+        self.bits = check_bits("hqq", bits, (1, 2, 3, 4, 8))
         try:
             from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
         except ImportError as err:
@@ -160,6 +166,9 @@ def apply_baseline(linears: dict[str, nn.Module], baseline: Any,
     Returns:
         ``{"bits_per_weight": ..., **{key: per-weight figure of each extra count}, "weights": n}``.
     """
+    if getattr(baseline, "calibrated", False):
+        raise ValueError(f"{type(baseline).__name__} needs calibration data (each layer's H): "
+                         "run it with llvq.llm.ptq.quantize_with_baseline")
     total = 0.0
     extra: dict[str, float] = {}
     numel = 0

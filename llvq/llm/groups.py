@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from llvq.llm.incoherence import unrotate
 from llvq.quantizers.glvq import (
     MU_MAX,
     MU_MIN,
@@ -44,6 +45,7 @@ __all__ = [
     "diagonal_blocks",
     "group_hessian_error",
     "group_weight",
+    "model_weight",
     "relative_error",
     "round_side",
     "side_bits",
@@ -70,6 +72,9 @@ class LayerResult:
         error_init: the same for the initial quantizer (no gradient step, no error feedback).
         outer_steps: alternations run (largest over groups).
         compand: ``(M,)`` bool, the groups that use the µ-law compander.
+        rotation_seed: with incoherence processing, the seed of the layer's transforms
+            (:mod:`llvq.llm.incoherence`): ``codes`` ... ``weight`` describe the *rotated*
+            weight, and :func:`model_weight` gives the layer's own; ``None`` without.
         extra: scratch values passed between internal steps (empty in returned results).
     """
 
@@ -84,7 +89,13 @@ class LayerResult:
     error_init: float
     outer_steps: int
     compand: Tensor = field(default_factory=lambda: torch.ones(0, dtype=torch.bool))
+    rotation_seed: int | None = None
     extra: dict = field(default_factory=dict)
+
+
+def model_weight(res: LayerResult) -> Tensor:
+    """The dequantized weight in the layer's own coordinates (undoes incoherence processing)."""
+    return res.weight if res.rotation_seed is None else unrotate(res.weight, res.rotation_seed)
 
 
 def check_shapes(out_features: int, in_features: int, group_size: int, lattice_dim: int,

@@ -16,7 +16,8 @@ Layout of an export directory::
     config.json             the model's Hugging Face config
     tokenizer/              the tokenizer
     manifest.json           format, source model, settings, per-layer shapes, bit widths and
-                            errors, effective bits, a size report, the sha256 of each file
+                            errors (and rotation seeds with incoherence processing),
+                            effective bits, a size report, the sha256 of each file
                             (tokenizer files included) and its own (manifest_sha256)
 
 ``load_quantized`` rebuilds the model from its config, fills the unquantized tensors, and sets
@@ -37,6 +38,7 @@ from torch import Tensor, nn
 
 from llvq.hashing import sha256_file, sha256_json
 from llvq.llm.groups import LayerResult, dequantize
+from llvq.llm.incoherence import unrotate
 from llvq.llm.models import decoder_blocks, load_tokenizer
 
 __all__ = ["FORMAT", "load_quantized", "pack_bits", "save_quantized", "unpack_bits"]
@@ -117,6 +119,8 @@ def save_quantized(directory: str | Path, model: nn.Module, results: dict[str, L
                         "compand_groups": int(res.compand.sum()),
                         "row_scale": res.row_scale is not None, "bits": res.bits.tolist(),
                         "error": res.error, "error_init": res.error_init}
+        if res.rotation_seed is not None:  # incoherence processing: U, V rebuilt from it
+            layers[name]["rotation_seed"] = res.rotation_seed
         quantized_params.add(f"{blocks_prefix}.{name.removeprefix('layers.')}.weight")
         code_bits += int((res.bits * vecs * d).sum())
         numel += o * i
@@ -236,6 +240,8 @@ def load_quantized(directory: str | Path) -> tuple[nn.Module, Any]:
         w = dequantize(codes, q[f"{name}.generator"], mu, q[f"{name}.scale"],
                        q.get(f"{name}.row_scale"), bits, mask,
                        meta["out_features"], manifest["group_size"])
+        if meta.get("rotation_seed") is not None:
+            w = unrotate(w, int(meta["rotation_seed"]))
         param = f"{prefix}.{name.removeprefix('layers.')}.weight"
         module = model.get_submodule(param.rsplit(".", 1)[0])
         with torch.no_grad():

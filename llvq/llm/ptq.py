@@ -34,15 +34,18 @@ from llvq.llm.groups import (
     LayerResult,
     check_shapes,
     dequantize,
+    model_weight,
     relative_error,
     side_bits,
 )
+from llvq.llm.incoherence import layer_seed, rotate
 from llvq.llm.models import block_linears, decoder_blocks
 from llvq.llm.settings import GLVQSettings
+from llvq.progress import track
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BlockwisePTQ", "Chunk", "dist_rank_world"]
+__all__ = ["BlockwisePTQ", "CalibrationWalk", "Chunk", "dist_rank_world", "quantize_with_baseline"]
 
 
 class _Stop(Exception):
@@ -68,24 +71,23 @@ def _block_output(out: Any) -> Tensor:
     return out[0] if isinstance(out, tuple | list) else out
 
 
-class BlockwisePTQ:
-    """State of a block-by-block quantization run.
+class CalibrationWalk:
+    """The decoder blocks of a causal LM walked in order on calibration windows.
+
+    :meth:`capture_inputs` stores the inputs of block 0; :meth:`hessians` gives ``H`` of every
+    linear layer of block ``i`` from the stored inputs; :meth:`run_block` replaces them by the
+    block's outputs (after its layers were quantized), so block ``i + 1`` sees what the
+    quantized blocks before it produce, as in GPTQ.
 
     Args:
-        model: a causal LM (see :mod:`llvq.llm.models`); modified in place.
+        model: a causal LM (see :mod:`llvq.llm.models`); modified in place by its users.
         calib_tokens: ``(N, T)`` calibration windows.
-        bits: target bits per weight *including* side information (e.g. 2, 3, 1.5).
-        settings: per-layer GLVQ settings.
-        salience: salience-driven allocation (False: equal widths; the paper's ablation).
         batch_size: calibration windows per forward pass.
         name: the model's name, for error messages.
     """
 
-    def __init__(self, model: nn.Module, calib_tokens: Tensor, bits: float,
-                 settings: GLVQSettings, salience: bool = True, batch_size: int = 4,
+    def __init__(self, model: nn.Module, calib_tokens: Tensor, batch_size: int = 4,
                  name: str = "model") -> None:
-        if not isinstance(bits, int | float) or bits < 1:
-            raise ValueError(f"model.bits must be >= 1 bit per weight, got {bits!r}")
         if batch_size < 1:
             raise ValueError(f"model.calib_batch_size must be >= 1, got {batch_size}")
         self.model = model
@@ -93,17 +95,8 @@ class BlockwisePTQ:
         self.layers = [block_linears(b) for b in self.blocks]
         if not any(self.layers):
             raise ValueError(f"model '{name}' has no linear layers to quantize")
-        for i, lin in enumerate(self.layers):  # fail before any work, naming the layer
-            for n, m in lin.items():
-                check_shapes(m.out_features, m.in_features, settings.group_size,
-                             settings.lattice_dim, f"layers.{i}.{n}")
-        self.bits = float(bits)
-        self.settings = settings
-        self.salience = salience
         self.batch_size = batch_size
         self.calib_tokens = calib_tokens
-        self.carry = 0.0  # bits left over by earlier layers (may be negative)
-        self.results: dict[str, LayerResult] = {}
         self.chunks: list[Chunk] = []
 
     # -- calibration activations ---------------------------------------------------------------
@@ -169,6 +162,36 @@ class BlockwisePTQ:
                 dist.all_reduce(v)
         return sums
 
+
+class BlockwisePTQ(CalibrationWalk):
+    """State of a block-by-block quantization run.
+
+    Args:
+        model: a causal LM (see :mod:`llvq.llm.models`); modified in place.
+        calib_tokens: ``(N, T)`` calibration windows.
+        bits: target bits per weight *including* side information (e.g. 2, 3, 1.5).
+        settings: per-layer GLVQ settings.
+        salience: salience-driven allocation (False: equal widths; the paper's ablation).
+        batch_size: calibration windows per forward pass.
+        name: the model's name, for error messages.
+    """
+
+    def __init__(self, model: nn.Module, calib_tokens: Tensor, bits: float,
+                 settings: GLVQSettings, salience: bool = True, batch_size: int = 4,
+                 name: str = "model") -> None:
+        if not isinstance(bits, int | float) or bits < 1:
+            raise ValueError(f"model.bits must be >= 1 bit per weight, got {bits!r}")
+        super().__init__(model, calib_tokens, batch_size, name)
+        for i, lin in enumerate(self.layers):  # fail before any work, naming the layer
+            for n, m in lin.items():
+                check_shapes(m.out_features, m.in_features, settings.group_size,
+                             settings.lattice_dim, f"layers.{i}.{n}")
+        self.bits = float(bits)
+        self.settings = settings
+        self.salience = salience
+        self.carry = 0.0  # bits left over by earlier layers (may be negative)
+        self.results: dict[str, LayerResult] = {}
+
     # -- quantization --------------------------------------------------------------------------
     def layer_bits(self, w: Tensor, h: Tensor, name: str) -> tuple[Tensor, float]:
         """Bit width per group of one layer, and the bits the layer is planned to take.
@@ -208,10 +231,14 @@ class BlockwisePTQ:
         rank, world = dist_rank_world()
         s = self.settings
         plans = []
+        seeds: dict[str, int | None] = {}
         for n, lin in self.layers[i].items():
             name = f"layers.{i}.{n}"
             w = lin.weight.detach().float().cpu()
             h = hs[n].float().cpu()
+            seeds[name] = layer_seed(name) if s.incoherence else None
+            if s.incoherence:  # quantize U W V^T under V H V^T
+                w, h = rotate(w, h, seeds[name])
             bits, _ = self.layer_bits(w, h, name)
             plans.append((name, lin, w, h, bits))
         results: dict[str, LayerResult] = {}
@@ -228,8 +255,9 @@ class BlockwisePTQ:
                 results[name] = _broadcast_result(results.get(name), j % world, w.shape, bits, s)
         for name, lin, w, _h, _bits in plans:
             res = results[name]
+            res.rotation_seed = seeds[name]
             with torch.no_grad():
-                lin.weight.copy_(res.weight.to(lin.weight))
+                lin.weight.copy_(model_weight(res).to(lin.weight))
             self.results[name] = res
             yield name, res, layer_storage_bits(res) / w.numel()
         self.run_block(i)
@@ -239,8 +267,50 @@ class BlockwisePTQ:
         for n, lin in self.layers[i].items():
             res = self.results[f"layers.{i}.{n}"]
             with torch.no_grad():
-                lin.weight.copy_(res.weight.to(lin.weight))
+                lin.weight.copy_(model_weight(res).to(lin.weight))
         self.run_block(i)
+
+
+@torch.no_grad()
+def quantize_with_baseline(model: nn.Module, calib_tokens: Tensor, baseline: Any,
+                           batch_size: int = 4, name: str = "model",
+                           progress: bool = False) -> dict[str, float]:
+    """Quantize every linear layer of the decoder blocks with an LLM baseline, block by block.
+
+    A calibrated baseline (``calibrated = True``, e.g. GPTQ) gets each layer's ``H`` from the
+    block's inputs, which are the outputs of the already-quantized blocks before it (GPTQ's
+    sequential order; the layers of one block share one pass, the reference's default). Any
+    other baseline is called on the weight alone. Weights are written in place.
+
+    Returns:
+        ``{"bits_per_weight": ..., per-weight figures of the baseline's extra counts,
+        "weights": n}``, as :func:`llvq.llm.baselines.apply_baseline`.
+    """
+    walk = CalibrationWalk(model, calib_tokens, batch_size, name)
+    calibrated = bool(getattr(baseline, "calibrated", False))
+    if calibrated:
+        walk.capture_inputs()
+    total, numel = 0.0, 0
+    extra: dict[str, float] = {}
+    blocks = range(len(walk.blocks))
+    if progress:
+        blocks = track(blocks, description=f"{type(baseline).__name__} blocks")
+    for i in blocks:
+        hs = walk.hessians(i) if calibrated else {}
+        for n, lin in walk.layers[i].items():
+            w = lin.weight.detach().float().cpu()
+            res = baseline(w, hs[n].float().cpu()) if calibrated else baseline(w)
+            lin.weight.copy_(res.weight.to(lin.weight))
+            total += res.bits
+            numel += w.numel()
+            for k, v in res.extra.items():
+                extra[k] = extra.get(k, 0.0) + v
+        if calibrated:
+            walk.run_block(i)
+    n = max(numel, 1)
+    return {"bits_per_weight": total / n,
+            **{k.replace("bits_", "bits_per_weight_", 1): v / n for k, v in extra.items()},
+            "weights": float(numel)}
 
 
 def layer_storage_bits(res: LayerResult) -> float:

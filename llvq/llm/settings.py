@@ -22,6 +22,9 @@ from llvq.llm.baselines import LLM_BASELINES
 __all__ = ["EvalSettings", "GLVQSettings", "LMSpec", "PTQConfig", "from_options"]
 
 LATTICE_DIMS = (2, 4, 8, 16, 32)
+#: the largest ``model.bits``: a group is coded with at most 8 bits per weight
+#: (:func:`llvq.llm.allocation.allocate_bits`), plus side information well under 1 bit
+MAX_BITS = 9.0
 
 
 def _plain(value: Any) -> Any:
@@ -117,6 +120,9 @@ class GLVQSettings:
             diagonal blocks of ``H`` (faster; the groups of a layer can then be shared out
             across DDP ranks).
         damp: ``H + damp * mean(diag H) * I`` before inverting (error feedback only).
+        incoherence: quantize each layer in randomized-Hadamard-rotated coordinates
+            (``U W V^T`` with ``V H V^T``; :mod:`llvq.llm.incoherence`), as QuIP# does; the
+            transforms are rebuilt from a per-layer seed at load time, so they cost no bits.
     """
 
     group_size: int = 128
@@ -131,6 +137,7 @@ class GLVQSettings:
     init_scales: tuple[float, ...] = (0.7, 0.85, 1.0, 1.2)
     error_feedback: bool = True
     damp: float = 0.01
+    incoherence: bool = False
 
     def __post_init__(self) -> None:
         p = "model.glvq"
@@ -138,7 +145,7 @@ class GLVQSettings:
         if self.lattice_dim not in LATTICE_DIMS or isinstance(self.lattice_dim, bool):
             raise ValueError(f"{p}.lattice_dim must be one of {', '.join(map(str, LATTICE_DIMS))}, "
                              f"got {self.lattice_dim!r}")
-        for name in ("compand", "row_scale", "error_feedback"):
+        for name in ("compand", "row_scale", "error_feedback", "incoherence"):
             _bool(f"{p}.{name}", getattr(self, name))
         _int(f"{p}.max_outer", self.max_outer, 0)
         _int(f"{p}.inner_steps", self.inner_steps, 0)
@@ -196,7 +203,8 @@ class PTQConfig:
 
     Attributes:
         lm: the model (:class:`LMSpec`).
-        bits: target bits per weight *including* side information (>= 1; 1.5 allowed).
+        bits: target bits per weight *including* side information, in ``[1, 9]`` (1.5
+            allowed; codes take at most 8 bits per weight).
         salience: salience-driven bit allocation (off: equal widths, the ablation).
         glvq: the per-layer optimisation (:class:`GLVQSettings`).
         calib_batch_size: calibration windows per forward pass.
@@ -219,6 +227,9 @@ class PTQConfig:
         self.glvq = from_options(GLVQSettings, self.glvq, "model.glvq")
         self.eval = from_options(EvalSettings, self.eval, "model.eval")
         _number("model.bits", self.bits, 1.0)
+        if self.bits > MAX_BITS:
+            raise ValueError(f"model.bits must be a number in [1, {MAX_BITS:g}] (GLVQ codes take at "
+                             f"most 8 bits per weight, plus side information), got {self.bits!r}")
         self.bits = float(self.bits)
         _bool("model.salience", self.salience)
         _int("model.calib_batch_size", self.calib_batch_size, 1)

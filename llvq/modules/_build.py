@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-__all__ = ["build_module", "to_container"]
+__all__ = ["build_module", "positive_int", "positive_number", "to_container"]
+
+
+def positive_number(value: Any, setting: str) -> float:
+    """``value`` as a float, or one ``ValueError`` naming ``setting`` unless a finite number > 0.
+
+    Args:
+        value: e.g. a learning rate as it came from the config (may be a string).
+        setting: the config key named in the message, e.g. ``"model.lr"``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{setting} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def positive_int(value: Any, setting: str) -> int:
+    """``value``, or one ``ValueError`` naming ``setting`` unless an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{setting} must be a positive integer, got {value!r}")
+    return value
 
 
 def build_module(spec: Any, what: str) -> nn.Module:

@@ -11,6 +11,7 @@ with the channel-first ↔ channel-last change done once, here, with einops. Not
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from torch import Tensor
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from llvq.checkpoints import load_checkpoint
-from llvq.modules._build import build_module, to_container
+from llvq.modules._build import build_module, positive_int, positive_number, to_container
 from llvq.quantizers.base import QuantizerOutput
 
 __all__ = ["AutoencoderModule", "load_autoencoder"]
@@ -51,8 +52,9 @@ class AutoencoderModule(L.LightningModule):
                  in_channels: int | None = None, lr: float = 1e-3, lr_gamma: float | None = None,
                  weight_decay: float = 0.0) -> None:
         super().__init__()
-        if lr <= 0:
-            raise ValueError(f"model.lr must be > 0, got {lr}")
+        positive_number(lr, "model.lr")
+        if latent_dim is not None:
+            positive_int(latent_dim, "model.latent_dim")
         if lr_gamma is not None and not 0.0 <= lr_gamma <= 1.0:
             raise ValueError(f"model.lr_gamma must lie in [0, 1] (or null), got {lr_gamma}")
         self.save_hyperparameters({"encoder": to_container(encoder), "decoder": to_container(decoder),
@@ -131,8 +133,19 @@ def load_autoencoder(path: str | Path, map_location: str | torch.device = "cpu")
 
     The checkpoint is read by :func:`llvq.checkpoints.load_checkpoint` (``weights_only=True``,
     plugins loaded, only ``_target_`` s of llvq and of loaded plugins).
+
+    Raises:
+        ValueError: the checkpoint is not an autoencoder's (a prior's, a federated run's, ...),
+            or see :func:`~llvq.checkpoints.load_checkpoint`.
     """
     ckpt = load_checkpoint(path)
-    model = AutoencoderModule(**ckpt["hyper_parameters"])
+    settings = ckpt["hyper_parameters"]
+    known = set(inspect.signature(AutoencoderModule.__init__).parameters) - {"self"}
+    if not {"encoder", "decoder", "quantizer"} <= settings.keys() or not settings.keys() <= known:
+        raise ValueError(f"{path} is not an autoencoder checkpoint: its model settings are "
+                         f"{', '.join(sorted(settings)) or '(none)'} (a prior, federated or other "
+                         "job's checkpoint?); pass a checkpoint of a model=autoencoder run, e.g. "
+                         "experiment=vqvae or llvqvae")
+    model = AutoencoderModule(**settings)
     model.load_state_dict(ckpt["state_dict"])
     return model.to(map_location).eval()

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from llvq.modules._build import positive_number
+
 __all__ = ["ClassifierModule", "DigitsNet"]
 
 
@@ -43,8 +45,7 @@ class ClassifierModule(L.LightningModule):
     def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 8,
                  lr: float = 3e-3, weight_decay: float = 1e-4) -> None:
         super().__init__()
-        if lr <= 0:
-            raise ValueError(f"model.lr must be > 0, got {lr}")
+        positive_number(lr, "model.lr")
         self.save_hyperparameters()
         self.net = DigitsNet(in_channels, num_classes, image_size)
 

@@ -49,6 +49,7 @@ from llvq.federated.payload import Payload
 from llvq.federated.server import RoundSums, receive
 from llvq.federated.split import dirichlet_split, iid_split
 from llvq.lattices import bounded_code
+from llvq.modules._build import positive_int, positive_number
 from llvq.modules.step_job import StepJob
 
 __all__ = ["FederatedModule"]
@@ -116,10 +117,11 @@ class FederatedModule(StepJob):
         super().__init__()
         # plain dicts in the hyper-parameters: a checkpoint must load with weights_only=True
         compressor_options, model_options = _plain(compressor_options), _plain(model_options)
+        positive_int(num_clients, "model.num_clients")
         if not 0 <= dropout < 1:
             raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
-        if local_lr <= 0 or server_lr <= 0:
-            raise ValueError("model.local_lr and model.server_lr must be > 0")
+        positive_number(local_lr, "model.local_lr")
+        positive_number(server_lr, "model.server_lr")
         self.save_hyperparameters()
         x, y, self.x_test, self.y_test = load_federated_data(dataset, data_dir, download, seed)
         num_classes = int(max(int(y.max()), int(self.y_test.max())) + 1)

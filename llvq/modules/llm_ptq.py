@@ -30,7 +30,7 @@ from llvq.llm.eval import perplexity
 from llvq.llm.groups import LayerResult, dequantize
 from llvq.llm.io import save_quantized
 from llvq.llm.models import load_causal_lm, quantizable_linears
-from llvq.llm.ptq import BlockwisePTQ, dist_rank_world, layer_storage_bits
+from llvq.llm.ptq import BlockwisePTQ, dist_rank_world, layer_storage_bits, quantize_with_baseline
 from llvq.llm.settings import EvalSettings, GLVQSettings, LMSpec, PTQConfig
 from llvq.modules.step_job import StepJob
 
@@ -45,7 +45,7 @@ def _result_to_state(res: LayerResult) -> dict[str, Any]:
             "row_scale": None if res.row_scale is None else res.row_scale.clone(),
             "bits": res.bits.clone(), "error": res.error, "error_init": res.error_init,
             "outer_steps": res.outer_steps, "compand": res.compand,
-            "out_features": res.weight.shape[0]}
+            "out_features": res.weight.shape[0], "rotation_seed": res.rotation_seed}
 
 
 def _state_to_result(s: dict[str, Any], group_size: int) -> LayerResult:
@@ -54,7 +54,7 @@ def _state_to_result(s: dict[str, Any], group_size: int) -> LayerResult:
     return LayerResult(codes=s["codes"], generator=s["generator"], mu=s["mu"], scale=s["scale"],
                        row_scale=s["row_scale"], bits=s["bits"], weight=w, error=s["error"],
                        error_init=s["error_init"], outer_steps=s["outer_steps"],
-                       compand=s["compand"])
+                       compand=s["compand"], rotation_seed=s.get("rotation_seed"))
 
 
 class LLMPTQModule(StepJob):
@@ -235,14 +235,22 @@ class LLMPTQModule(StepJob):
 
     def _baseline_metrics(self, bits: int) -> dict[str, float]:
         """Perplexity of each baseline of ``model.eval.baselines`` at ``bits`` code bits, on the
-        full-precision weights (the GLVQ weights are put back afterwards)."""
+        full-precision weights (calibrated ones, e.g. ``gptq``, block by block on the same
+        calibration windows as GLVQ); the GLVQ weights are put back afterwards."""
         linears = quantizable_linears(self.lm)
         glvq = {k: m.weight.detach().clone() for k, m in linears.items()}
         out: dict[str, float] = {}
         for name, options in self.config.eval.baselines.items():
             options = {"group_size": self.settings.group_size, **options}
             baseline = LLM_BASELINES.build(name, bits=bits, **options)
-            info = apply_baseline(linears, baseline, self._fp_weights)
+            if getattr(baseline, "calibrated", False):  # e.g. GPTQ: block by block from fp
+                with torch.no_grad():
+                    for k, m in linears.items():
+                        m.weight.copy_(self._fp_weights[k])
+                info = quantize_with_baseline(self.lm, self.ptq.calib_tokens, baseline,
+                                              self.config.calib_batch_size, self.config.lm.name)
+            else:
+                info = apply_baseline(linears, baseline, self._fp_weights)
             out[f"final/ppl_{name}"] = self._perplexity(f"{name} {bits}-bit")["ppl"]
             out[f"final/bits_{name}"] = info["bits_per_weight"]
         with torch.no_grad():

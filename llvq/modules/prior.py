@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from llvq.checkpoints import load_checkpoint
 from llvq.codes_format import load_export
+from llvq.modules._build import positive_number
 from llvq.progress import track
 
 __all__ = ["PriorModule", "load_prior"]
@@ -50,8 +51,7 @@ class PriorModule(L.LightningModule):
                  dim_feedforward: int | None = None, dropout: float = 0.1, lr: float = 3e-4,
                  weight_decay: float = 0.01) -> None:
         super().__init__()
-        if lr <= 0:
-            raise ValueError(f"model.lr must be > 0, got {lr}")
+        positive_number(lr, "model.lr")
         if d_model % num_heads:
             raise ValueError(f"model.d_model={d_model} must be divisible by "
                              f"model.num_heads={num_heads}")

@@ -20,7 +20,12 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Quantizer", "QuantizerOutput", "check_latents"]
+__all__ = ["MAX_CODE", "Quantizer", "QuantizerOutput", "check_code_range", "check_latents",
+           "check_weight"]
+
+#: the largest |integer code| a lattice quantizer hands out: integers up to 2^53 are exact in
+#: float64 (where the lattice decoders compute) and far inside int64.
+MAX_CODE = 2**53
 
 
 @dataclass
@@ -61,6 +66,38 @@ def check_latents(z: Tensor, dim: int, name: str) -> None:
         raise ValueError(
             f"quantizer '{name}' received {bad} non-finite value(s) (NaN/Inf) in its input; "
             f"the encoder diverged -- lower the learning rate or check the data")
+
+
+def check_code_range(coords: Tensor, name: str, setting: str) -> None:
+    """Raise one clear error if float lattice coordinates do not fit exact int64 codes.
+
+    Args:
+        coords: the real-valued lattice coordinates about to be rounded to integer codes.
+        name: the quantizer's registry name, used in the message.
+        setting: what the user can change (e.g. ``"`scale`"``), used in the message.
+    """
+    reach = coords.detach().abs().amax() if coords.numel() else coords.new_zeros(())
+    if not bool(reach <= MAX_CODE):  # also true for an Inf/NaN from an overflowing division
+        raise ValueError(
+            f"quantizer '{name}': the latents reach lattice coordinates of {float(reach):.3g}, "
+            f"beyond +-2^53, where integer codes stop being exact (and soon overflow int64); "
+            f"the encoder output is far too large for the lattice -- raise {setting} or "
+            f"normalise the latents")
+
+
+def check_weight(value: float, setting: str, name: str) -> float:
+    """``value`` as a float, or one clear error if it is not a finite number >= 0.
+
+    Args:
+        value: a loss weight such as the commitment weight ``beta``.
+        setting: the option's name (``"beta"``), used in the message.
+        name: the quantizer's registry name, used in the message.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value < 0:
+        raise ValueError(f"quantizer '{name}': `{setting}` must be a finite number >= 0 "
+                         f"(model.quantizer.{setting}), got {value!r}")
+    return float(value)
 
 
 class Quantizer(nn.Module, ABC):
@@ -108,8 +145,18 @@ class Quantizer(nn.Module, ABC):
         return per_vector * math.log2(self.codebook_size)
 
     def forward(self, z: Tensor) -> QuantizerOutput:
+        """Validate ``z`` and quantize it.
+
+        An empty batch (no vectors) returns empty ``z_q`` and codes, a loss of 0 and metrics of 0
+        where a mean over nothing would be NaN (``0/0``), so one empty batch does not turn the
+        running averages into NaN.
+        """
         check_latents(z, self.dim, self.name)
-        return self.quantize(z)
+        out = self.quantize(z)
+        if z.shape[:-1].numel() == 0:  # a mean over nothing is 0 here, not NaN
+            out.loss = torch.nan_to_num(out.loss, nan=0.0)
+            out.metrics = {k: torch.nan_to_num(v, nan=0.0) for k, v in out.metrics.items()}
+        return out
 
     @abstractmethod
     def quantize(self, z: Tensor) -> QuantizerOutput:

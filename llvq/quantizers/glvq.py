@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from llvq.quantizers.base import Quantizer, QuantizerOutput, check_latents
+from llvq.quantizers.base import Quantizer, QuantizerOutput, check_latents, check_weight
 from llvq.quantizers.registry import register
 
 __all__ = [
@@ -148,7 +148,10 @@ class GroupedLatticeQuantizer(Quantizer):
         mu: initial µ (one value or one per group), in ``[10, 255]``.
         scale: initial input scale ``s_g`` (inputs are divided by it before companding).
         learnable: learn ``G`` and ``µ`` through :attr:`QuantizerOutput.loss`.
-        beta: weight of the reconstruction MSE in the returned loss.
+        beta: weight of the reconstruction MSE in the returned loss (>= 0).
+
+    Latents of another float dtype (half, bfloat16, float64) are coded in the generator's
+    dtype; ``z_q`` comes back in the input's dtype.
     """
 
     vector_codes = True
@@ -173,7 +176,7 @@ class GroupedLatticeQuantizer(Quantizer):
         self.groups = groups
         mask = _as_group_tensor(compand, groups, "compand", torch.bool)
         self.register_buffer("compand_mask", mask)
-        self.beta = float(beta)
+        self.beta = check_weight(beta, "beta", self.name)
         self.register_buffer("bits", b.to(torch.int64))
         self.register_buffer("scale", s)
         widths = set(self.bits.tolist())
@@ -260,14 +263,14 @@ class GroupedLatticeQuantizer(Quantizer):
 
     def quantize(self, z: Tensor, state: GLVQState | None = None) -> QuantizerOutput:
         st = self._state(state)
-        zg = self._grouped(z)
+        zg = self._grouped(z).to(st.generator.dtype)  # coded in the generator's dtype
         with torch.no_grad():
             y = self.forward_transform(zg, st)
             k = self.lattice_codes(y, st)
             over = self.overload(y, st)
         x_hat = self.reconstruct(k, st)
         loss = self.beta * F.mse_loss(x_hat, zg.detach())
-        z_q = (zg + (x_hat - zg).detach()).reshape(z.shape)
+        z_q = (zg + (x_hat - zg).detach()).reshape(z.shape).to(z.dtype)
         codes = (k + self._half_levels(st)).to(torch.int64).reshape(z.shape)
         metrics = {"quant/overload": over.detach(), "quant/mu": st.mu.mean().detach()}
         return QuantizerOutput(z_q=z_q, codes=codes, loss=loss, metrics=metrics)
@@ -280,7 +283,8 @@ class GroupedLatticeQuantizer(Quantizer):
 
     def encode_impl(self, z: Tensor, state: GLVQState | None = None) -> Tensor:
         st = self._state(state)
-        k = self.lattice_codes(self.forward_transform(self._grouped(z), st), st)
+        zg = self._grouped(z).to(st.generator.dtype)
+        k = self.lattice_codes(self.forward_transform(zg, st), st)
         return (k + self._half_levels(st)).to(torch.int64).reshape(z.shape)
 
     def decode(self, codes: Tensor, state: GLVQState | None = None) -> Tensor:

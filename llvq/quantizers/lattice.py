@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llvq.lattices import Lattice
-from llvq.quantizers.base import Quantizer, QuantizerOutput
+from llvq.quantizers.base import Quantizer, QuantizerOutput, check_code_range, check_weight
 from llvq.quantizers.blocks import LatticeBlocks, resolve_lattice
 from llvq.quantizers.registry import register
 
@@ -55,7 +55,12 @@ class LatticeQuantizer(Quantizer):
         radius: bound the codes to lattice points with ``||u @ G|| <= radius`` (a finite
             codebook); overloaded blocks are shrunk radially until they fit and the
             ``overload`` metric reports their fraction.
-        beta: commitment weight.
+        beta: commitment weight (>= 0).
+
+    Raises:
+        ValueError: in ``forward``/``encode``, when the latents reach lattice coordinates beyond
+            ``±2^53`` (:data:`~llvq.quantizers.base.MAX_CODE`): such codes are not exact and
+            would soon overflow int64.
 
     Attributes:
         block: ``n``, the lattice dimension (coordinates per block); ``blocks`` = ``dim / n``.
@@ -89,7 +94,8 @@ class LatticeQuantizer(Quantizer):
         self.n = self.block = n
         self.blocks = self.product.blocks
         self.decoder, self.learnable, self.dither = decoder, learnable, dither
-        self.seed, self.radius, self.beta = int(seed), radius, beta
+        self.seed, self.radius = int(seed), radius
+        self.beta = check_weight(beta, "beta", self.name)
         self.register_buffer("generator0", base.generator.clone())
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         if learnable:
@@ -122,6 +128,7 @@ class LatticeQuantizer(Quantizer):
         d = self._dither(lat, tuple(z.shape[:-1]), z.device) if self.dither else None
         if d is not None:
             x = x + d
+        check_code_range(x @ torch.linalg.inv(g), self.name, "`scale`")  # before int64 codes
         u = lat.closest_coordinates(x, self.decoder)
         over = torch.zeros(u.shape[:-1], dtype=torch.bool, device=z.device)
         if self.radius is not None:

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llvq.quantizers._codebook import check_codebook_size, distributed, sum_over_ranks
-from llvq.quantizers.base import Quantizer, QuantizerOutput
+from llvq.quantizers.base import Quantizer, QuantizerOutput, check_code_range, check_weight
 from llvq.quantizers.registry import register
 
 __all__ = ["DiagonalLatticeQuantizer", "basis_init_range", "marginal_entropy_bits"]
@@ -76,7 +76,7 @@ class DiagonalLatticeQuantizer(Quantizer):
     Args:
         dim: vector width ``D`` (the basis has ``D`` parameters).
         codebook_size: target codebook size ``K`` (≥ 2) that sets the initial range (eq. 11).
-        beta: commitment weight β.
+        beta: commitment weight β (>= 0).
         gamma: sparsity coefficient γ of the size loss: 1 pushes the lattice sparse (finite
             codebook), −1 dense (paper's "dense" variant), 0 switches it off.
         init_range: overrides the half-width of the uniform initialisation (e.g. 1.0 for the
@@ -91,6 +91,12 @@ class DiagonalLatticeQuantizer(Quantizer):
             of the rate error).
         check_every: check the basis for NaN/Inf on every call on CPU, every
             ``check_every`` training calls on other devices (the check synchronises).
+
+    Raises:
+        ValueError: in ``forward``/``encode``, when a code ``round(z / b)`` would exceed
+            ``±2^53`` (:data:`~llvq.quantizers.base.MAX_CODE`; beyond it codes are not exact
+            and soon overflow int64). Half-precision latents are coded in float32 and
+            ``z_q`` is returned in the input's dtype.
     """
 
     vector_codes = True
@@ -118,7 +124,8 @@ class DiagonalLatticeQuantizer(Quantizer):
         self.rate_gain, self.check_every = float(rate_gain), check_every
         self._calls = 0
         # the lattice is unbounded: K is a target that sets the initial range, not a code size
-        self.target_codebook_size, self.beta, self.gamma = codebook_size, float(beta), float(gamma)
+        self.target_codebook_size, self.gamma = codebook_size, float(gamma)
+        self.beta = check_weight(beta, "beta", self.name)
         self.min_step = float(min_step)
         if init_basis is not None:
             raw = torch.as_tensor(list(init_basis), dtype=torch.float32)
@@ -171,6 +178,7 @@ class DiagonalLatticeQuantizer(Quantizer):
         if z.numel() == 0:  # an empty batch: empty codes, no loss (not a 0/0 NaN)
             return QuantizerOutput(z_q=z.clone(), codes=z_d.long(), loss=0.0 * b.sum())
         v = torch.round(z_d / b_d)  # (..., D) Babai rounding, eq. 4 (no gradient)
+        check_code_range(v, self.name, "`min_step`")
         e = v * b_d  # (..., D) nearest lattice point Bv
         r = e - z_d  # (..., D) quantization residual
         # Embedding loss ‖sg[z] − Bv‖² (mean over entries). Its gradient w.r.t. b_j is
@@ -181,7 +189,7 @@ class DiagonalLatticeQuantizer(Quantizer):
         commitment = F.mse_loss(z, e)  # β‖z − sg[Bv]‖²
         size = -self.gamma * b.sum()  # −γ‖diag B‖₁, eq. 7 (entries are positive)
         rate = marginal_entropy_bits(v.reshape(-1, self.dim)).sum()  # bits per vector
-        z_q = z + r  # straight-through: value Bv, identity gradient to z
+        z_q = z + r.to(z.dtype)  # straight-through: value Bv, identity gradient to z
         metrics = {
             "embedding_loss": embedding.detach(), "commitment": commitment.detach(),
             "size_loss": size.detach(), "basis_mean": b.detach().mean(),
@@ -194,7 +202,9 @@ class DiagonalLatticeQuantizer(Quantizer):
                                metrics=metrics)
 
     def encode_impl(self, z: Tensor) -> Tensor:
-        return torch.round(z / self.basis).long()
+        v = torch.round(z / self.basis)
+        check_code_range(v, self.name, "`min_step`")
+        return v.long()
 
     def decode(self, codes: Tensor) -> Tensor:
         return codes.to(self.basis.dtype) * self.basis

@@ -24,7 +24,7 @@ from llvq.quantizers._codebook import (
     sum_over_ranks,
     usage_metrics,
 )
-from llvq.quantizers.base import Quantizer, QuantizerOutput
+from llvq.quantizers.base import Quantizer, QuantizerOutput, check_weight
 from llvq.quantizers.registry import register
 
 __all__ = ["VectorQuantizer"]
@@ -40,7 +40,7 @@ class VectorQuantizer(Quantizer):
     Args:
         dim: vector width ``d``.
         codebook_size: number of codewords ``K`` (≥ 2).
-        beta: commitment weight β.
+        beta: commitment weight β (>= 0).
         kmeans_init: set the codebook by k-means on the first training batch (rank 0's under
             DDP); otherwise the paper's uniform ``±1/K`` initialisation.
         restart_dead_codes: move codewords whose averaged usage falls below
@@ -48,6 +48,9 @@ class VectorQuantizer(Quantizer):
         dead_code_threshold: averaged uses per batch (all ranks) below which a code is dead.
         usage_decay: decay of the usage average.
         rotation_trick: pass gradients with the rotation trick instead of straight through.
+
+    Latents of another float dtype (half, bfloat16, float64) are coded in the codebook's dtype;
+    ``z_q`` comes back in the input's dtype.
     """
 
     def __init__(self, dim: int, codebook_size: int = 512, beta: float = 0.25,
@@ -59,7 +62,7 @@ class VectorQuantizer(Quantizer):
         if not 0.0 < usage_decay < 1.0:
             raise ValueError(f"quantizer 'vq': `usage_decay` must lie in (0, 1), got {usage_decay}")
         self.codebook_size = codebook_size
-        self.beta = float(beta)
+        self.beta = check_weight(beta, "beta", self.name)
         self.kmeans_init, self.restart_dead_codes = bool(kmeans_init), bool(restart_dead_codes)
         self.dead_code_threshold, self.usage_decay = float(dead_code_threshold), float(usage_decay)
         self.rotation_trick = bool(rotation_trick)
@@ -85,7 +88,7 @@ class VectorQuantizer(Quantizer):
         self._initialized = None  # re-read the loaded flag
 
     def quantize(self, z: Tensor) -> QuantizerOutput:
-        flat = z.reshape(-1, self.dim)  # (N, d)
+        flat = z.reshape(-1, self.dim).to(self.codebook.dtype)  # (N, d), in the codebook's dtype
         if self.training and flat.shape[0] > 0:
             self._maybe_init(flat.detach())
         idx = nearest_codeword(flat.detach(), self.codebook.detach())  # (N,)
@@ -93,9 +96,9 @@ class VectorQuantizer(Quantizer):
         codebook_loss = F.mse_loss(e, flat.detach())
         commitment = F.mse_loss(flat, e.detach())
         if self.rotation_trick:
-            z_q = rotate_to(flat, e).view_as(z)
+            z_q = rotate_to(flat, e).view_as(z).to(z.dtype)
         else:
-            z_q = z + (e.view_as(z) - z).detach()  # straight-through
+            z_q = z + (e.view_as(z).to(z.dtype) - z).detach()  # straight-through
         metrics = {"codebook_loss": codebook_loss.detach(), "commitment": commitment.detach(),
                    **usage_metrics(idx, self.codebook_size)}
         if self.training and self.restart_dead_codes and flat.shape[0] > 0:
@@ -110,7 +113,8 @@ class VectorQuantizer(Quantizer):
         return restart_dead(self.codebook.data, self.usage, flat, self.dead_code_threshold)
 
     def encode_impl(self, z: Tensor) -> Tensor:
-        return nearest_codeword(z.reshape(-1, self.dim), self.codebook).view(z.shape[:-1])
+        flat = z.reshape(-1, self.dim).to(self.codebook.dtype)  # (N, d)
+        return nearest_codeword(flat, self.codebook).view(z.shape[:-1])
 
     def decode(self, codes: Tensor) -> Tensor:
         return F.embedding(codes, self.codebook)

@@ -25,7 +25,7 @@ from llvq.quantizers._codebook import (
     sum_over_ranks,
     usage_metrics,
 )
-from llvq.quantizers.base import Quantizer, QuantizerOutput
+from llvq.quantizers.base import Quantizer, QuantizerOutput, check_weight
 from llvq.quantizers.registry import register
 
 __all__ = ["EMAVectorQuantizer"]
@@ -38,7 +38,7 @@ class EMAVectorQuantizer(Quantizer):
     Args:
         dim: vector width ``d``.
         codebook_size: number of codewords ``K`` (≥ 2).
-        beta: commitment weight β.
+        beta: commitment weight β (>= 0).
         decay: EMA decay γ in (0, 1).
         epsilon: Laplace smoothing constant for the cluster sizes.
         kmeans_init: set the codebook by k-means on the first training batch (rank 0's under
@@ -48,6 +48,13 @@ class EMAVectorQuantizer(Quantizer):
         dead_code_threshold: EMA cluster size (expected uses per batch, all ranks) below which
             a codeword counts as dead.
         rotation_trick: pass gradients with the rotation trick instead of straight through.
+
+    The codebook never absorbs Inf/NaN: non-finite latents are refused before any update
+    (``ValueError`` from :func:`~llvq.quantizers.base.check_latents`), and finite latents so
+    large that the k-means start or the running sums would overflow raise ``ValueError`` with
+    the codebook and its statistics left as they were (an error, not a skipped update). Latents
+    of another float dtype (half, bfloat16, float64) are coded in the codebook's dtype; ``z_q``
+    comes back in the input's dtype.
     """
 
     def __init__(self, dim: int, codebook_size: int = 512, beta: float = 0.25,
@@ -61,7 +68,8 @@ class EMAVectorQuantizer(Quantizer):
         if epsilon <= 0:
             raise ValueError(f"quantizer 'vq_ema': `epsilon` must be > 0, got {epsilon}")
         self.codebook_size = codebook_size
-        self.beta, self.decay, self.epsilon = float(beta), float(decay), float(epsilon)
+        self.beta = check_weight(beta, "beta", self.name)
+        self.decay, self.epsilon = float(decay), float(epsilon)
         self.kmeans_init, self.restart_dead_codes = bool(kmeans_init), bool(restart_dead_codes)
         self.dead_code_threshold = float(dead_code_threshold)
         self.rotation_trick = bool(rotation_trick)
@@ -78,7 +86,8 @@ class EMAVectorQuantizer(Quantizer):
         if self._initialized:
             return
         with torch.no_grad():
-            self.codebook.copy_(kmeans(flat, self.codebook_size))
+            start = self._finite(kmeans(flat, self.codebook_size), "the k-means start", flat)
+            self.codebook.copy_(start)
             self.embed_sum.copy_(self.codebook)  # cluster_size 1: e_k = m_k / 1
             self.cluster_size.fill_(1.0)
             self.initialized.fill_(True)
@@ -89,19 +98,19 @@ class EMAVectorQuantizer(Quantizer):
         self._initialized = None  # re-read the loaded flag
 
     def quantize(self, z: Tensor) -> QuantizerOutput:
-        flat = z.detach().reshape(-1, self.dim)  # (N, d)
+        flat = z.detach().reshape(-1, self.dim).to(self.codebook.dtype)  # (N, d)
         if self.training and flat.shape[0] > 0:
             self._maybe_init(flat)
         idx = nearest_codeword(flat, self.codebook)  # (N,)
         e = F.embedding(idx, self.codebook)  # (N, d)
-        commitment = F.mse_loss(z.reshape(-1, self.dim), e)
+        commitment = F.mse_loss(z.reshape(-1, self.dim), e.to(z.dtype))
         metrics = {"commitment": commitment.detach(), **usage_metrics(idx, self.codebook_size)}
         if self.training and flat.shape[0] > 0:
             metrics["restarted"] = self._ema_update(flat, idx)
         if self.rotation_trick:
-            z_q = rotate_to(z.reshape(-1, self.dim), e).view_as(z)
+            z_q = rotate_to(z.reshape(-1, self.dim), e.to(z.dtype)).view_as(z)
         else:
-            z_q = z + (e.view_as(z) - z).detach()  # straight-through
+            z_q = z + (e.view_as(z).to(z.dtype) - z).detach()  # straight-through
         return QuantizerOutput(z_q=z_q, codes=idx.view(z.shape[:-1]),
                                loss=self.beta * commitment, metrics=metrics)
 
@@ -109,8 +118,10 @@ class EMAVectorQuantizer(Quantizer):
     def _ema_update(self, flat: Tensor, idx: Tensor) -> Tensor:
         counts = sum_over_ranks(torch.bincount(idx, minlength=self.codebook_size).to(flat.dtype))
         sums = sum_over_ranks(torch.zeros_like(self.embed_sum).index_add_(0, idx, flat))  # (K, d)
+        embed_sum = torch.add(self.embed_sum * self.decay, sums, alpha=1 - self.decay)  # (K, d)
+        self._finite(embed_sum, "the running codeword sums", flat)  # before anything changes
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
-        self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        self.embed_sum.copy_(embed_sum)
         n = self.cluster_size.sum()
         smoothed = (self.cluster_size + self.epsilon) / (n + self.codebook_size * self.epsilon) * n
         self.codebook.copy_(self.embed_sum / smoothed.unsqueeze(1))
@@ -123,8 +134,18 @@ class EMAVectorQuantizer(Quantizer):
                                          self.embed_sum))
         return restarted
 
+    def _finite(self, t: Tensor, what: str, flat: Tensor) -> Tensor:
+        """``t``, or a ``ValueError`` if it holds Inf/NaN (latents too large for the sums)."""
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(
+                f"quantizer '{self.name}': {what} overflowed to Inf/NaN; the EMA codebook was left "
+                f"unchanged. The latents reach {float(flat.abs().max()):.3g}, far too large for "
+                f"{self.codebook.dtype} sums -- lower the learning rate or normalise the latents")
+        return t
+
     def encode_impl(self, z: Tensor) -> Tensor:
-        return nearest_codeword(z.reshape(-1, self.dim), self.codebook).view(z.shape[:-1])
+        flat = z.reshape(-1, self.dim).to(self.codebook.dtype)  # (N, d)
+        return nearest_codeword(flat, self.codebook).view(z.shape[:-1])
 
     def decode(self, codes: Tensor) -> Tensor:
         return F.embedding(codes, self.codebook)

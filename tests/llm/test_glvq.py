@@ -118,15 +118,15 @@ def test_glvq_output_error_below_rtn(bits: int) -> None:
     relative output errors; per layer, a layer with a single group cannot use the budget's
     fractional part, so RTN can win one such layer at 3 bits on this random model).
 
-    RTN with ``bits``-bit codes stores a float16 scale and zero per row and 64 columns, so it
-    costs ``bits + 0.5`` bits per weight; GLVQ gets the same budget *including* its side
-    information (its allocation mixes ``bits`` and ``bits + 1``-bit groups).
+    RTN with ``bits``-bit codes stores a float16 scale and a ``bits``-wide zero per row and 64
+    columns, so it costs ``bits + (16 + bits) / 64`` bits per weight; GLVQ gets the same budget
+    *including* its side information (its allocation mixes ``bits`` and ``bits + 1``-bit groups).
     """
     model, _ = load_causal_lm("tiny-llama", seed=0)
     ptq = BlockwisePTQ(model, _calib(8), bits, TINY, batch_size=4)
     ptq.capture_inputs()
     hs = ptq.hessians(0)
-    ptq.bits = bits + 0.5
+    ptq.bits = bits + (16 + bits) / 64
     glvq_err = rtn_err = glvq_bits = rtn_total = 0.0
     for n, lin in ptq.layers[0].items():
         w, h = lin.weight.detach().float(), hs[n].float()
@@ -193,11 +193,13 @@ def _tiny_cfg(compose_cfg, *extra: str):
                        "model.glvq.max_outer=3", "model.text.eval_tokens=512", *extra)
 
 
-def test_resume_after_an_interrupted_block_gives_the_same_result(compose_cfg,
-                                                                  tmp_path: Path) -> None:
-    full = _tiny_cfg(compose_cfg, f"model.export_dir={tmp_path / 'full'}")
+@pytest.mark.parametrize("incoherence", [False, True])
+def test_resume_after_an_interrupted_block_gives_the_same_result(compose_cfg, tmp_path: Path,
+                                                                  incoherence: bool) -> None:
+    opt = f"model.glvq.incoherence={incoherence}"
+    full = _tiny_cfg(compose_cfg, opt, f"model.export_dir={tmp_path / 'full'}")
     run(full)
-    crash = _tiny_cfg(compose_cfg, "callbacks.resume_checkpoint.every_n_steps=1",
+    crash = _tiny_cfg(compose_cfg, opt, "callbacks.resume_checkpoint.every_n_steps=1",
                       "+callbacks.crash._target_=tests.test_train._CrashAt",
                       "+callbacks.crash.step=1", f"model.export_dir={tmp_path / 'crashed'}")
     crash.paths.output_dir = str(tmp_path / "crash_run")
@@ -206,7 +208,7 @@ def test_resume_after_an_interrupted_block_gives_the_same_result(compose_cfg,
     saved = tmp_path / "crash_run" / "checkpoints" / "last.ckpt"  # written after block 0
     state = torch.load(saved, weights_only=False)
     assert state["glvq"]["done"] == [0]
-    resumed = _tiny_cfg(compose_cfg, f"ckpt_path={saved}",
+    resumed = _tiny_cfg(compose_cfg, opt, f"ckpt_path={saved}",
                         f"model.export_dir={tmp_path / 'resumed'}")
     resumed.paths.output_dir = str(tmp_path / "resumed_run")
     run(resumed)
