@@ -142,6 +142,25 @@ def _byte_level_hf_tokenizer(size: int):
                                    bos_token="<1>", eos_token="<2>")
 
 
+def _save_float_model(model: torch.nn.Module, directory: Path) -> None:
+    """The model's float weights and config in Hugging Face format (``save_pretrained`` refuses
+    a model loaded from a GGUF file; tied tensors are stored once, as it would)."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors, seen = {}, set()
+    for k, v in model.state_dict().items():
+        key = (v.data_ptr(), tuple(v.shape))
+        if key not in seen:
+            seen.add(key)
+            tensors[k] = v.detach().float().contiguous().cpu()
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    config["torch_dtype"] = "float32"
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
 def run_gptqmodel(model: torch.nn.Module, tok, calib: torch.Tensor, name: str,
                   default_group: int, python: str, work: Path) -> dict:
     """Quantize ``model`` (full precision) with GPTQModel in its own environment; load its weights."""
@@ -154,7 +173,7 @@ def run_gptqmodel(model: torch.nn.Module, tok, calib: torch.Tensor, name: str,
     m = PEER_NAME.fullmatch(name)
     model_dir = work / "model"
     if not (model_dir / "config.json").is_file():
-        model.save_pretrained(model_dir)
+        _save_float_model(model, model_dir)
         if hasattr(tok, "backend_tokenizer"):
             tok.save_pretrained(model_dir)
         else:  # the tiny model's byte tokenizer: GPTQModel wants a Hugging Face one to load
@@ -281,17 +300,17 @@ def main() -> None:
         rows.append(row)
         print(f"{name:>22}: ppl {row['ppl']:.3f}  bits/weight {row['bits_per_weight']:.3f}  "
               f"{row['seconds']:.0f} s")
+        path = write_result(args.name, {  # after every row: a long grid keeps what it measured
+            "machine": machine_info(), "model": args.model, "weights": numel,
+            "group_size": args.group_size, "lattice_dim": args.lattice_dim,
+            "row_scale": not args.no_row_scale, "calibration_tokens": int(calib.numel()),
+            "evaluation": {"tokens": int(evaluation.numel()), "seq_len": args.seq_len,
+                           "stride": args.seq_len},
+            "seed": args.seed, "complete": len(rows) == len(names), "rows": rows})
 
     cols = ["config", "bits_per_weight", "ppl", "quantize_s", "seconds"]
     print()
     print(markdown_table(rows, cols))
-    path = write_result(args.name, {
-        "machine": machine_info(), "model": args.model, "weights": numel,
-        "group_size": args.group_size, "lattice_dim": args.lattice_dim,
-        "row_scale": not args.no_row_scale, "calibration_tokens": int(calib.numel()),
-        "evaluation": {"tokens": int(evaluation.numel()), "seq_len": args.seq_len,
-                       "stride": args.seq_len},
-        "seed": args.seed, "rows": rows})
     print(f"wrote {path}")
     if args.plot:
         merged = list(rows)

@@ -31,9 +31,13 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from llvq.quantizers.base import Quantizer, QuantizerOutput
 from llvq.quantizers.registry import register
-from llvq.quantizers.sphere import SphereFrontEnd, disk_cached, sphere_block_samples
+from llvq.quantizers.sphere import (
+    SphereFrontEnd,
+    SphereQuantizer,
+    disk_cached,
+    sphere_block_samples,
+)
 
 __all__ = ["FibQuantizer", "fibquant_codebook", "lloyd", "nearest", "radial_angular_codebook"]
 
@@ -160,7 +164,7 @@ def fibquant_codebook(dim: int, block: int, size: int, restarts: int = 3,
 
 
 @register("fibquant")
-class FibQuantizer(Quantizer):
+class FibQuantizer(SphereQuantizer):
     """FibQuant: ``‖z‖`` + one shared radial–angular codebook index per block of ``R z / ‖z‖``.
 
     Args:
@@ -192,15 +196,13 @@ class FibQuantizer(Quantizer):
         self.bits, self.block, self.blocks = float(bits), block, dim // block
         self.codebook_size = size
         self.front = SphereFrontEnd(dim, seed, norm_dtype, self.name)
+        self.code_width = self.blocks
         self.register_buffer("codebook", fibquant_codebook(dim, block, size, restarts, iterations))
 
     @property
     def bits_per_vector(self) -> float:
         """``m log2 K`` index bits plus the stored norm."""
         return self.blocks * math.log2(self.codebook_size) + self.front.norm_bits
-
-    def code_shape(self, lead: tuple[int, ...]) -> tuple[int, ...]:
-        return (*lead, self.blocks + 1)
 
     def encode_impl(self, z: Tensor) -> Tensor:
         norm_code, norm = self.front.norm_codes(z)
@@ -210,23 +212,9 @@ class FibQuantizer(Quantizer):
         return torch.cat([idx, norm_code.unsqueeze(-1)], -1)  # (..., m + 1)
 
     def decode(self, codes: Tensor) -> Tensor:
-        if codes.is_floating_point() or codes.shape[-1:] != (self.blocks + 1,):
-            raise ValueError(f"quantizer 'fibquant': codes must be integers of shape "
-                             f"(..., {self.blocks + 1}), got {codes.dtype} {tuple(codes.shape)}")
-        idx = codes[..., :-1]
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.codebook_size):
-            raise ValueError(f"quantizer 'fibquant': indices outside [0, {self.codebook_size})")
+        idx = self.indices(codes)
         u = self.codebook[idx].flatten(-2)  # (..., d)
         return self.front.unrotate(u, self.front.norms(codes[..., -1]))
-
-    def quantize(self, z: Tensor) -> QuantizerOutput:
-        codes = self.encode_impl(z)
-        q = self.decode(codes).to(z.dtype)
-        err = (q - z.detach()).pow(2).sum(-1)
-        rel = err / z.detach().pow(2).sum(-1).clamp_min(1e-30)
-        metrics = {"relative_mse": rel.mean() if rel.numel() else z.new_zeros(()),
-                   "bits_per_coordinate": z.new_tensor(self.bits_per_vector / self.dim)}
-        return QuantizerOutput(z + (q - z).detach(), codes, z.new_zeros(()), metrics)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, bits={self.bits}, block={self.block}, "

@@ -32,7 +32,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["NORM_DTYPES", "SphereFrontEnd", "disk_cached", "haar_rotation",
+from llvq.quantizers.base import Quantizer, QuantizerOutput
+
+__all__ = ["NORM_DTYPES", "SphereFrontEnd", "SphereQuantizer", "disk_cached", "haar_rotation",
            "sphere_block_samples"]
 
 #: norm storage formats: name -> (torch dtype, integer view dtype, bits)
@@ -130,3 +132,38 @@ class SphereFrontEnd(torch.nn.Module):
     def unrotate(self, u: Tensor, norm: Tensor) -> Tensor:
         """``‖z‖ Rᵀ u`` (float32 ``(..., d)``)."""
         return (u @ self.rotation) * norm.unsqueeze(-1)
+
+
+class SphereQuantizer(Quantizer):
+    """Base of the quantizers built on :class:`SphereFrontEnd`: codes ``(..., n + 1)``, ``n``
+    indices in ``[0, codebook_size)`` and the norm code last; straight-through quantization.
+
+    A subclass sets ``self.front``, ``self.codebook_size`` and ``self.code_width`` (``n``) and
+    implements ``encode_impl`` and ``decode`` (reading the indices with :meth:`indices`).
+    """
+
+    front: SphereFrontEnd
+    codebook_size: int
+    code_width: int
+
+    def code_shape(self, lead: tuple[int, ...]) -> tuple[int, ...]:
+        return (*lead, self.code_width + 1)
+
+    def indices(self, codes: Tensor) -> Tensor:
+        """The index part of ``codes`` after checking its dtype, width and range."""
+        if codes.is_floating_point() or codes.shape[-1:] != (self.code_width + 1,):
+            raise ValueError(f"quantizer '{self.name}': codes must be integers of shape "
+                             f"(..., {self.code_width + 1}), got {codes.dtype} {tuple(codes.shape)}")
+        idx = codes[..., :-1]
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.codebook_size):
+            raise ValueError(f"quantizer '{self.name}': indices outside [0, {self.codebook_size})")
+        return idx
+
+    def quantize(self, z: Tensor) -> QuantizerOutput:
+        codes = self.encode_impl(z)
+        q = self.decode(codes).to(z.dtype)
+        err = (q - z.detach()).pow(2).sum(-1)
+        rel = err / z.detach().pow(2).sum(-1).clamp_min(1e-30)
+        metrics = {"relative_mse": rel.mean() if rel.numel() else z.new_zeros(()),
+                   "bits_per_coordinate": z.new_tensor(self.bits_per_vector / self.dim)}
+        return QuantizerOutput(z + (q - z).detach(), codes, z.new_zeros(()), metrics)

@@ -27,9 +27,13 @@ import torch
 from torch import Tensor
 
 from llvq.lattices import Lattice, get_lattice
-from llvq.quantizers.base import Quantizer, QuantizerOutput
 from llvq.quantizers.registry import register
-from llvq.quantizers.sphere import SphereFrontEnd, disk_cached, sphere_block_samples
+from llvq.quantizers.sphere import (
+    SphereFrontEnd,
+    SphereQuantizer,
+    disk_cached,
+    sphere_block_samples,
+)
 
 __all__ = ["TurboLatticeQuantizer", "voronoi_decode", "voronoi_encode"]
 
@@ -104,7 +108,7 @@ def _search_scale(name: str, dim: int, modulus: int) -> float:
 
 
 @register("turbo_lattice")
-class TurboLatticeQuantizer(Quantizer):
+class TurboLatticeQuantizer(SphereQuantizer):
     """Norm + a Voronoi lattice code (``E8`` by default) per block of ``R z / ‖z‖``.
 
     Args:
@@ -132,6 +136,7 @@ class TurboLatticeQuantizer(Quantizer):
         self.codebook_size = modulus ** n
         self._lattice = lat
         self.front = SphereFrontEnd(dim, seed, norm_dtype, self.name)
+        self.code_width = self.blocks
         self.register_buffer("scale", torch.tensor(_scale(lattice, dim, modulus),
                                                    dtype=torch.float64))
         self.register_buffer("radix", modulus ** torch.arange(n, dtype=torch.long))
@@ -140,9 +145,6 @@ class TurboLatticeQuantizer(Quantizer):
     def bits_per_vector(self) -> float:
         """``m n log2 q`` code bits plus the stored norm."""
         return self.dim * self.bits + self.front.norm_bits
-
-    def code_shape(self, lead: tuple[int, ...]) -> tuple[int, ...]:
-        return (*lead, self.blocks + 1)
 
     def _digits(self, z: Tensor) -> tuple[Tensor, Tensor]:
         norm_code, norm = self.front.norm_codes(z)
@@ -156,25 +158,11 @@ class TurboLatticeQuantizer(Quantizer):
         return torch.cat([idx, norm_code.unsqueeze(-1)], -1)
 
     def decode(self, codes: Tensor) -> Tensor:
-        if codes.is_floating_point() or codes.shape[-1:] != (self.blocks + 1,):
-            raise ValueError(f"quantizer 'turbo_lattice': codes must be integers of shape "
-                             f"(..., {self.blocks + 1}), got {codes.dtype} {tuple(codes.shape)}")
-        idx = codes[..., :-1]
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.codebook_size):
-            raise ValueError(f"quantizer 'turbo_lattice': indices outside [0, {self.codebook_size})")
+        idx = self.indices(codes)
         digits = (idx.reshape(-1, 1) // self.radix) % self.modulus  # (N, n)
         c = voronoi_decode(self._lattice, digits, self.modulus) * self.scale
         u = c.float().reshape(*idx.shape[:-1], self.dim)
         return self.front.unrotate(u, self.front.norms(codes[..., -1]))
-
-    def quantize(self, z: Tensor) -> QuantizerOutput:
-        codes = self.encode_impl(z)
-        q = self.decode(codes).to(z.dtype)
-        err = (q - z.detach()).pow(2).sum(-1)
-        rel = err / z.detach().pow(2).sum(-1).clamp_min(1e-30)
-        metrics = {"relative_mse": rel.mean() if rel.numel() else z.new_zeros(()),
-                   "bits_per_coordinate": z.new_tensor(self.bits_per_vector / self.dim)}
-        return QuantizerOutput(z + (q - z).detach(), codes, z.new_zeros(()), metrics)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, lattice={self.lattice_name}, bits={self.bits:.3g}, "

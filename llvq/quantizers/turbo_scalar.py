@@ -18,9 +18,8 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from llvq.quantizers.base import Quantizer, QuantizerOutput
 from llvq.quantizers.registry import register
-from llvq.quantizers.sphere import SphereFrontEnd
+from llvq.quantizers.sphere import SphereFrontEnd, SphereQuantizer
 
 __all__ = ["TurboScalarQuantizer", "lloyd_max_table", "sphere_marginal"]
 
@@ -62,7 +61,7 @@ def lloyd_max_table(dim: int, levels: int) -> Tensor:
 
 
 @register("turbo_scalar")
-class TurboScalarQuantizer(Quantizer):
+class TurboScalarQuantizer(SphereQuantizer):
     """Norm + one scalar Lloyd–Max table for every coordinate of ``R z / ‖z‖``.
 
     Args:
@@ -84,15 +83,13 @@ class TurboScalarQuantizer(Quantizer):
         self.bits = bits
         self.codebook_size = 2 ** bits
         self.front = SphereFrontEnd(dim, seed, norm_dtype, self.name)
+        self.code_width = self.dim
         self.register_buffer("levels", lloyd_max_table(dim, self.codebook_size).float())
 
     @property
     def bits_per_vector(self) -> float:
         """``d b`` level bits plus the stored norm."""
         return self.dim * math.log2(self.codebook_size) + self.front.norm_bits
-
-    def code_shape(self, lead: tuple[int, ...]) -> tuple[int, ...]:
-        return (*lead, self.dim + 1)
 
     def encode_impl(self, z: Tensor) -> Tensor:
         norm_code, norm = self.front.norm_codes(z)
@@ -101,22 +98,8 @@ class TurboScalarQuantizer(Quantizer):
         return torch.cat([idx, norm_code.unsqueeze(-1)], -1)
 
     def decode(self, codes: Tensor) -> Tensor:
-        if codes.is_floating_point() or codes.shape[-1:] != (self.dim + 1,):
-            raise ValueError(f"quantizer 'turbo_scalar': codes must be integers of shape "
-                             f"(..., {self.dim + 1}), got {codes.dtype} {tuple(codes.shape)}")
-        idx = codes[..., :-1]
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.codebook_size):
-            raise ValueError(f"quantizer 'turbo_scalar': indices outside [0, {self.codebook_size})")
+        idx = self.indices(codes)
         return self.front.unrotate(self.levels[idx], self.front.norms(codes[..., -1]))
-
-    def quantize(self, z: Tensor) -> QuantizerOutput:
-        codes = self.encode_impl(z)
-        q = self.decode(codes).to(z.dtype)
-        err = (q - z.detach()).pow(2).sum(-1)
-        rel = err / z.detach().pow(2).sum(-1).clamp_min(1e-30)
-        metrics = {"relative_mse": rel.mean() if rel.numel() else z.new_zeros(()),
-                   "bits_per_coordinate": z.new_tensor(self.bits_per_vector / self.dim)}
-        return QuantizerOutput(z + (q - z).detach(), codes, z.new_zeros(()), metrics)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, bits={self.bits}, norm_dtype={self.front.norm_dtype}"
