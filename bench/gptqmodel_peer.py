@@ -48,7 +48,7 @@ def main() -> None:
     args = p.parse_args()
 
     import torch
-    from gptqmodel import GPTQModel, QuantizeConfig
+    from gptqmodel import BACKEND, GPTQModel, QuantizeConfig
     from gptqmodel import __version__ as version
     from safetensors.torch import save_file
 
@@ -62,6 +62,13 @@ def main() -> None:
     model = GPTQModel.load(args.model_dir, qcfg, device="cpu")
     model.quantize(calib, batch_size=4)
     seconds = time.perf_counter() - start
+    # Save and load back, as a user deploys it: right after quantize() on CPU, GPTQModel 7.7's
+    # in-memory layers dequantize with every zero point one step off (their own forward too:
+    # SmolLM2 perplexity ~1e9); the saved checkpoint loads correctly.
+    saved = tempfile.mkdtemp(prefix="gptqmodel-")
+    model.save(saved)
+    del model
+    model = GPTQModel.load(saved, device="cpu", backend=BACKEND.TORCH)
     weights, layers = {}, {}
     for name, m in model.model.named_modules():
         if not hasattr(m, "qweight"):

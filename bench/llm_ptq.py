@@ -5,6 +5,7 @@
     python bench/llm_ptq.py --only glvq-2 rtn-2 fp        # a subset (names as in the table)
     python bench/llm_ptq.py --only fp mybaseline-2        # <name>-<bits>: any LLM_BASELINES entry
     python bench/llm_ptq.py --only "gptq-3 g128 act-order" --name llm_gptq --plot
+    python bench/llm_ptq.py --replot --name llm_curves --merge bench/results/llm_*.json
 
 A baseline name is ``<baseline>-<bits>`` with optional `` g<group size>`` (default
 ``--group-size``) and `` act-order`` (GPTQ's column order); calibrated baselines (GPTQ) run
@@ -46,7 +47,7 @@ import time
 from pathlib import Path
 
 import torch
-from _report import machine_info, markdown_table, write_result
+from _report import RESULTS, machine_info, markdown_table, write_result
 
 from llvq.data import TextDataModule
 from llvq.llm.baselines import LLM_BASELINES, apply_baseline
@@ -225,7 +226,19 @@ def main() -> None:
     ap.add_argument("--peer-python", default=os.environ.get(
         "LLVQ_GPTQ_PYTHON", str(ROOT / ".venv-gptq" / "bin" / "python")),
         help="Python of the GPTQModel environment (gptqmodel-* rows)")
+    ap.add_argument("--replot", action="store_true",
+                    help="only draw bench/results/<name>.png from the --merge files")
     args = ap.parse_args()
+    if args.replot:
+        rows = []
+        for extra in args.merge:
+            data = json.loads(Path(extra).read_text())
+            have = {r["config"] for r in rows}
+            rows += [r for r in data["rows"] if r["config"] not in have]
+        png = RESULTS / f"{args.name}.png"
+        plot(rows, png, f"{args.model}: perplexity vs bits per weight")
+        print(f"wrote {png} from {len(rows)} rows")
+        return
 
     names = args.only or list(GRID)
     grid = dict(GRID)

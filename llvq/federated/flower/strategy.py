@@ -102,7 +102,10 @@ class CompressedFedAvg(FedAvg):
             self.roster[r.metadata.src_node_id] = u
             sizes[u] = int(info["num-examples"])
         if len(sizes) != self.s.num_clients:
-            raise RuntimeError(f"{len(sizes)} of {self.s.num_clients} nodes answered the roster query")
+            raise RuntimeError(f"{len(sizes)} of {self.s.num_clients} nodes answered the roster "
+                               f"query within model.timeout={self.s.timeout:g} s (starting the "
+                               f"simulation engine's workers can take minutes on a busy "
+                               f"machine: raise model.timeout)")
         self.sizes = [sizes[u] for u in range(self.s.num_clients)]
         self.rates = rates_for(self.s, self.sizes, self.numel)
         self.compressors = [make_compressor(self.s, r) for r in self.rates]

@@ -22,7 +22,7 @@ pytest.importorskip("ray")
 def test_train_py_runs_olala_flower_on_the_simulation_engine(compose_cfg, tmp_path: Path) -> None:
     cfg = compose_cfg("experiment=olala_flower", "model.model=linear", "model.num_clients=2",
                       "model.compressor=lattice", "model.rounds=2", "model.num_cpus=2",
-                      "model.timeout=120", "callbacks=none", "logger=csv")
+                      "model.timeout=600", "callbacks=none", "logger=csv")
     metrics = run(cfg)
     out = tmp_path / "out" / "flower"
     hist = json.loads((out / "history.json").read_text())
