@@ -100,6 +100,15 @@ def baseline_options(name: str, default_group: int) -> dict | None:
     return options
 
 
+def merge_rows(rows: list[dict], files: list[str]) -> list[dict]:
+    """``rows`` plus the rows of each result file whose config is not there yet (first wins)."""
+    merged = list(rows)
+    for f in files:
+        have = {r["config"] for r in merged}
+        merged += [r for r in json.loads(Path(f).read_text())["rows"] if r["config"] not in have]
+    return merged
+
+
 def plot(rows: list[dict], path: Path, title: str) -> None:
     """Perplexity (log) against bits per weight, one line per method."""
     import matplotlib
@@ -230,11 +239,7 @@ def main() -> None:
                     help="only draw bench/results/<name>.png from the --merge files")
     args = ap.parse_args()
     if args.replot:
-        rows = []
-        for extra in args.merge:
-            data = json.loads(Path(extra).read_text())
-            have = {r["config"] for r in rows}
-            rows += [r for r in data["rows"] if r["config"] not in have]
+        rows = merge_rows([], args.merge)
         png = RESULTS / f"{args.name}.png"
         plot(rows, png, f"{args.model}: perplexity vs bits per weight")
         print(f"wrote {png} from {len(rows)} rows")
@@ -326,11 +331,7 @@ def main() -> None:
     print(markdown_table(rows, cols))
     print(f"wrote {path}")
     if args.plot:
-        merged = list(rows)
-        for extra in args.merge:
-            data = json.loads(Path(extra).read_text())
-            have = {r["config"] for r in merged}
-            merged += [r for r in data["rows"] if r["config"] not in have]
+        merged = merge_rows(rows, args.merge)
         png = path.with_suffix(".png")
         plot(merged, png, f"{args.model}: perplexity vs bits per weight")
         print(f"wrote {png}")

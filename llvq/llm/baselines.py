@@ -34,6 +34,7 @@ from llvq.registry import Registry
 __all__ = [
     "LLM_BASELINES",
     "BaselineOutput",
+    "BitTally",
     "HQQBaseline",
     "RTNBaseline",
     "apply_baseline",
@@ -58,6 +59,27 @@ class BaselineOutput:
     weight: Tensor
     bits: float
     extra: dict[str, float] = field(default_factory=dict)
+
+
+class BitTally:
+    """Sums the bits of quantized layers; :meth:`report` gives them per weight."""
+
+    def __init__(self) -> None:
+        self.total, self.numel = 0.0, 0
+        self.extra: dict[str, float] = {}
+
+    def add(self, res: BaselineOutput, numel: int) -> None:
+        self.total += res.bits
+        self.numel += numel
+        for k, v in res.extra.items():
+            self.extra[k] = self.extra.get(k, 0.0) + v
+
+    def report(self) -> dict[str, float]:
+        """``{"bits_per_weight", "bits_per_weight_<extra>"..., "weights"}``."""
+        n = max(self.numel, 1)
+        return {"bits_per_weight": self.total / n,
+                **{k.replace("bits_", "bits_per_weight_", 1): v / n for k, v in self.extra.items()},
+                "weights": float(self.numel)}
 
 
 def rtn_quantize(w: Tensor, bits: int, group_size: int) -> tuple[Tensor, float]:
@@ -169,18 +191,10 @@ def apply_baseline(linears: dict[str, nn.Module], baseline: Any,
     if getattr(baseline, "calibrated", False):
         raise ValueError(f"{type(baseline).__name__} needs calibration data (each layer's H): "
                          "run it with llvq.llm.ptq.quantize_with_baseline")
-    total = 0.0
-    extra: dict[str, float] = {}
-    numel = 0
+    tally = BitTally()
     for name, lin in linears.items():
         w = (weights[name] if weights is not None else lin.weight).detach()
         res = baseline(w)
         lin.weight.copy_(res.weight.to(lin.weight))
-        total += res.bits
-        numel += w.numel()
-        for k, v in res.extra.items():
-            extra[k] = extra.get(k, 0.0) + v
-    n = max(numel, 1)
-    return {"bits_per_weight": total / n,
-            **{k.replace("bits_", "bits_per_weight_", 1): v / n for k, v in extra.items()},
-            "weights": float(numel)}
+        tally.add(res, w.numel())
+    return tally.report()

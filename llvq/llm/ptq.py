@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from llvq.llm.allocation import allocate_bits
+from llvq.llm.baselines import BitTally
 from llvq.llm.glvq import quantize_layer
 from llvq.llm.groups import (
     LayerProblem,
@@ -290,8 +291,7 @@ def quantize_with_baseline(model: nn.Module, calib_tokens: Tensor, baseline: Any
     calibrated = bool(getattr(baseline, "calibrated", False))
     if calibrated:
         walk.capture_inputs()
-    total, numel = 0.0, 0
-    extra: dict[str, float] = {}
+    tally = BitTally()
     blocks = range(len(walk.blocks))
     if progress:
         blocks = track(blocks, description=f"{type(baseline).__name__} blocks")
@@ -301,16 +301,10 @@ def quantize_with_baseline(model: nn.Module, calib_tokens: Tensor, baseline: Any
             w = lin.weight.detach().float().cpu()
             res = baseline(w, hs[n].float().cpu()) if calibrated else baseline(w)
             lin.weight.copy_(res.weight.to(lin.weight))
-            total += res.bits
-            numel += w.numel()
-            for k, v in res.extra.items():
-                extra[k] = extra.get(k, 0.0) + v
+            tally.add(res, w.numel())
         if calibrated:
             walk.run_block(i)
-    n = max(numel, 1)
-    return {"bits_per_weight": total / n,
-            **{k.replace("bits_", "bits_per_weight_", 1): v / n for k, v in extra.items()},
-            "weights": float(numel)}
+    return tally.report()
 
 
 def layer_storage_bits(res: LayerResult) -> float:
