@@ -86,6 +86,7 @@ GRID = {
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_NAME = re.compile(r"gptqmodel-(?P<bits>\d+)(?: g(?P<group>\d+))?(?P<act> act-order)?(?P<asym> asym)?")
+GLVQ_NAME = re.compile(r"glvq-(?P<bits>\d+(?:\.\d+)?)(?P<inc> incoherence)?")
 BASELINE_NAME = re.compile(r"(?P<method>[\w.]+)-(?P<bits>\d+)(?: g(?P<group>\d+))?(?P<act> act-order)?")
 
 
@@ -251,12 +252,16 @@ def main() -> None:
         match = BASELINE_NAME.fullmatch(n)
         if n not in grid and match and match["method"] in LLM_BASELINES:
             grid[n] = (match["method"], int(match["bits"]), None, None)
+        elif n not in grid and GLVQ_NAME.fullmatch(n):  # any (fractional) target, e.g. glvq-2.5
+            g = GLVQ_NAME.fullmatch(n)
+            grid[n] = ("glvq", float(g["bits"]), True, True, {"incoherence": bool(g["inc"])})
         elif n not in grid and PEER_NAME.fullmatch(n):
             grid[n] = ("gptqmodel", int(PEER_NAME.fullmatch(n)["bits"]), None, None)
     unknown = [n for n in names if n not in grid]
     if unknown:
         raise SystemExit(f"unknown configurations {unknown}; known: {list(GRID)} and "
-                         f"<baseline>-<bits> for the baselines {LLM_BASELINES.names()}")
+                         f"<baseline>-<bits> for the baselines {LLM_BASELINES.names()}, "
+                         f"glvq-<bits>[ incoherence] and gptqmodel-<bits>")
     t0 = time.time()
     model, tok = load_causal_lm(args.model, seed=args.seed)
     load_s = time.time() - t0

@@ -8,7 +8,8 @@ as a grouped problem: grouping, side information, initialisation, decoding),
 :mod:`~llvq.llm.glvq` (the alternating optimisation), :mod:`~llvq.llm.allocation` (bit widths),
 :mod:`~llvq.llm.baselines` (RTN, HQQ and the ``LLM_BASELINES`` registry),
 :mod:`~llvq.llm.gptq` (GPTQ, a calibrated baseline), :mod:`~llvq.llm.ptq`
-(block by block, DDP), :mod:`~llvq.llm.io` (export), :mod:`~llvq.llm.eval` (perplexity).
+(block by block, DDP), :mod:`~llvq.llm.io` (export), :mod:`~llvq.llm.packed` (``GLVQLinear``:
+the packed layer of ``load_quantized(dir, packed=True)``), :mod:`~llvq.llm.eval` (perplexity).
 ``transformers`` (the ``llm`` extra) is imported only when a model is loaded.
 """
 
@@ -19,6 +20,7 @@ from llvq.llm.gptq import GPTQBaseline, gptq_quantize
 from llvq.llm.groups import LayerResult, dequantize
 from llvq.llm.io import load_quantized, save_quantized
 from llvq.llm.models import load_causal_lm
+from llvq.llm.packed import GLVQLinear
 from llvq.llm.ptq import BlockwisePTQ, quantize_with_baseline
 from llvq.llm.settings import EvalSettings, GLVQSettings, LMSpec, PTQConfig
 
@@ -27,6 +29,7 @@ __all__ = [
     "BaselineOutput",
     "BlockwisePTQ",
     "EvalSettings",
+    "GLVQLinear",
     "GLVQSettings",
     "GPTQBaseline",
     "LMSpec",

@@ -21,7 +21,7 @@ import zlib
 import torch
 from torch import Tensor
 
-__all__ = ["layer_seed", "rotate", "rotation", "unrotate"]
+__all__ = ["hadamard", "layer_seed", "rotate", "rotation", "rotation_factors", "unrotate"]
 
 
 def layer_seed(name: str, base: int = 0) -> int:
@@ -29,27 +29,40 @@ def layer_seed(name: str, base: int = 0) -> int:
     return (zlib.crc32(name.encode()) + base) % 2**31
 
 
-def _hadamard(n: int) -> Tensor:
+def hadamard(n: int) -> Tensor:
+    """The normalized ``n x n`` Sylvester–Hadamard matrix (``n`` a power of two, float64)."""
     h = torch.ones(1, 1, dtype=torch.float64)
     while h.shape[0] < n:
         h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
     return h / n**0.5
 
 
-def rotation(n: int, seed: int) -> Tensor:
-    """The ``n x n`` randomized Hadamard transform of ``seed`` (float64, orthogonal)."""
+def rotation_factors(n: int, seed: int) -> tuple[int, Tensor | None, Tensor]:
+    """The factors of :func:`rotation`: ``(2^k, Q_m or None when m = 1, signs)`` (float64).
+
+    ``T x = vec(H_{2^k} X Q_m^T)`` with ``X`` the ``(2^k, m)`` row-major view of ``s * x``,
+    which is how :class:`llvq.llm.packed.GLVQLinear` applies it without the ``n x n`` matrix.
+    """
     if n < 1:
         raise ValueError(f"a rotation needs a positive width, got {n}")
     g = torch.Generator().manual_seed(int(seed))
     odd = n
     while odd % 2 == 0:
         odd //= 2
-    t = _hadamard(n // odd)
+    q = None
     if odd > 1:
         q, r = torch.linalg.qr(torch.randn(odd, odd, generator=g, dtype=torch.float64))
         q = q * torch.sign(torch.diagonal(r))  # Haar-distributed
-        t = (t[:, None, :, None] * q[None, :, None, :]).reshape(n, n)  # H ⊗ Q
     signs = torch.randint(0, 2, (n,), generator=g, dtype=torch.float64) * 2 - 1
+    return n // odd, q, signs
+
+
+def rotation(n: int, seed: int) -> Tensor:
+    """The ``n x n`` randomized Hadamard transform of ``seed`` (float64, orthogonal)."""
+    p, q, signs = rotation_factors(n, seed)
+    t = hadamard(p)
+    if q is not None:
+        t = (t[:, None, :, None] * q[None, :, None, :]).reshape(n, n)  # H ⊗ Q
     return t * signs
 
 

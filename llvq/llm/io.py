@@ -212,42 +212,71 @@ def read_manifest(directory: str | Path) -> dict:
     return manifest
 
 
-def load_quantized(directory: str | Path) -> tuple[nn.Module, Any]:
-    """Rebuild ``(model, tokenizer)`` from an export; quantized weights are dequantized exactly."""
+def load_quantized(directory: str | Path, packed: bool = False) -> tuple[nn.Module, Any]:
+    """Rebuild ``(model, tokenizer)`` from an export.
+
+    Args:
+        directory: an export directory (checked against its manifest first).
+        packed: ``False``: every quantized weight is dequantized exactly into an ordinary
+            ``nn.Linear`` (float32, as large in memory as the original). ``True``: each becomes a
+            :class:`llvq.llm.packed.GLVQLinear` that keeps the codes packed and decodes on the
+            fly (same outputs within float32 rounding, a fraction of the memory).
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     d = Path(directory)
     manifest = read_manifest(d)
     config = AutoConfig.from_pretrained(str(d))
-    model = AutoModelForCausalLM.from_config(config)
     rest = load_file(str(d / REST))
     for alias, target in manifest["aliases"].items():
         rest[alias] = rest[target]
-    missing, unexpected = model.load_state_dict(rest, strict=False)
+    if packed:  # no float32 weights are ever allocated: parameters start on the meta device
+        from accelerate import init_empty_weights
+
+        with init_empty_weights(include_buffers=False):
+            model = AutoModelForCausalLM.from_config(config)
+    else:
+        model = AutoModelForCausalLM.from_config(config)
+    missing, unexpected = model.load_state_dict(rest, strict=False, assign=packed)
     if unexpected:
         raise ValueError(f"{d / REST} holds tensors the model does not have: {unexpected[:5]}")
+    del rest
     q = load_file(str(d / QUANT))
     prefix = manifest["blocks_prefix"]
     done = set()
     for name, meta in manifest["layers"].items():
-        packed_bits = q[f"{name}.bits"].to(torch.int64)
+        packed_bits = q.pop(f"{name}.bits").to(torch.int64)
         bits, mask = packed_bits & 127, (packed_bits >> 7).bool()
-        codes = _unpack_layer(q[f"{name}.codes"], bits, meta["vectors_per_group"],
+        codes = _unpack_layer(q.pop(f"{name}.codes"), bits, meta["vectors_per_group"],
                               meta["lattice_dim"])
-        mu = torch.full_like(q[f"{name}.scale"], 10.0)
+        scale = q.pop(f"{name}.scale")
+        mu = torch.full_like(scale, 10.0)
         if bool(mask.any()):
-            mu[mask] = q[f"{name}.mu"]
-        w = dequantize(codes, q[f"{name}.generator"], mu, q[f"{name}.scale"],
-                       q.get(f"{name}.row_scale"), bits, mask,
-                       meta["out_features"], manifest["group_size"])
-        if meta.get("rotation_seed") is not None:
-            w = unrotate(w, int(meta["rotation_seed"]))
+            mu[mask] = q.pop(f"{name}.mu")
+        generator, row_scale = q.pop(f"{name}.generator"), q.pop(f"{name}.row_scale", None)
+        seed = meta.get("rotation_seed")
         param = f"{prefix}.{name.removeprefix('layers.')}.weight"
-        module = model.get_submodule(param.rsplit(".", 1)[0])
-        with torch.no_grad():
-            module.weight.copy_(w.to(module.weight))
+        module_name = param.rsplit(".", 1)[0]
+        module = model.get_submodule(module_name)
+        if packed:
+            from llvq.llm.packed import GLVQLinear
+
+            layer = GLVQLinear.from_codes(
+                codes, generator, mu, scale, row_scale, bits, mask, meta["out_features"],
+                manifest["group_size"], None if seed is None else int(seed),
+                bias=getattr(module, "bias", None))
+            parent, _, child = module_name.rpartition(".")
+            setattr(model.get_submodule(parent), child, layer)
+        else:
+            w = dequantize(codes, generator, mu, scale, row_scale, bits, mask,
+                           meta["out_features"], manifest["group_size"])
+            if seed is not None:
+                w = unrotate(w, int(seed))
+            with torch.no_grad():
+                module.weight.copy_(w.to(module.weight))
         done.add(param)
     left = [k for k in missing if k not in done]
+    left += [k for k, p in model.named_parameters() if p.is_meta and k not in left]
     if left:
         raise ValueError(f"export {d} lacks tensors the model needs: {left[:5]}")
     model.eval()

@@ -1,0 +1,240 @@
+"""C kernels of the packed GLVQ layer: a code-times-vector product and an unpacking to float.
+
+The codes of one group of a layer are ``out`` rows of ``group_size`` unsigned integers of ``b``
+bits, stored row by row in bit planes (the layout is in the C source and in
+:func:`llvq.llm.packed.pack_rows`). ``code_matvec`` computes, for tokens ``t < T`` and rows ``r0 <= r < r1``,
+
+    y[t, r] = sum_g sum_i code[g, r, i] * z[t, g * gs + i]
+
+over the groups not flagged ``skip``; ``code_unpack`` writes ``code - offset[g]`` as float32 into
+an ``(out, M * gs)`` matrix (for many tokens at once, where a matrix product wins).
+
+Built and cached like :mod:`llvq.lattices._cfast` (``cc -O3 -march=native``, then plain ``-O3``;
+``$LLVQ_CACHE``; ``LLVQ_NO_CKERNEL=1`` disables it). :func:`kernels` returns ``None`` when no
+kernel can be built; :class:`llvq.llm.packed.GLVQLinear` then uses its torch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import subprocess
+import threading
+
+from llvq.lattices._cfast import _cpu
+from llvq.lattices._ckernel import build_error, cache_dir, compile_shared
+
+__all__ = ["MAX_TOKENS", "kernels"]
+
+MAX_TOKENS = 8  # up to this many tokens the matvec kernel; more: unpack once + a matrix product
+_LOG = logging.getLogger(__name__)
+
+_SOURCE = r"""
+#include <stdint.h>
+#include <string.h>
+
+/* Layout (see llvq.llm.packed.pack_rows): the codes of one row of one group are split into bit
+   planes of widths w in {8, 4, 2, 1} (the binary digits of b, low planes first); a plane of
+   width w holds per = 8 / w fields per byte, nb = ceil(gs / per) bytes, and field k of byte j
+   is bits [shift, shift + w) of code k * nb + j (codes past gs are zero). */
+
+static inline int plane_bytes(int gs, int w) { int per = 8 / w; return (gs + per - 1) / per; }
+
+/* acc += sum_i field_i * z[i] for one plane of width W: eight bytes are loaded once
+   and each of their 8 / W fields meets its eight consecutive z (AVX2 + FMA when available). */
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+typedef struct { __m256 a0, a1; float tail; } acc_t;
+static inline void acc_zero(acc_t *a) { a->a0 = _mm256_setzero_ps(); a->a1 = _mm256_setzero_ps(); a->tail = 0.0f; }
+static inline float acc_sum(const acc_t *acc) {
+    __m256 a = _mm256_add_ps(acc->a0, acc->a1);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+    return _mm_cvtss_f32(h) + acc->tail;
+}
+static inline void acc_add_scaled(acc_t *acc, const acc_t *p, float s) {
+    const __m256 v = _mm256_set1_ps(s);
+    acc->a0 = _mm256_fmadd_ps(p->a0, v, acc->a0);
+    acc->a1 = _mm256_fmadd_ps(p->a1, v, acc->a1);
+    acc->tail += p->tail * s;
+}
+static inline __attribute__((always_inline)) __m256i field(__m256i c, int k, int W, __m256i mask) {
+    return _mm256_and_si256(_mm256_srli_epi32(c, k * W), mask);
+}
+static inline __attribute__((always_inline)) void plane_acc(const uint8_t *p, const float *z, int gs, int W, acc_t *acc) {
+    const int per = 8 / W, nb = plane_bytes(gs, W);
+    const __m256i mask = _mm256_set1_epi32((1 << W) - 1);
+    int j = 0;
+    if (per * nb == gs) {  /* every field full: the common case (group_size % 8 == 0) */
+        for (; j + 8 <= nb; j += 8) {
+            const __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + j)));
+            int k = 0;
+            for (; k + 2 <= per; k += 2) {
+                __m256i f0 = field(c, k, W, mask), f1 = field(c, k + 1, W, mask);
+                acc->a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(f0), _mm256_loadu_ps(z + k * nb + j), acc->a0);
+                acc->a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(f1), _mm256_loadu_ps(z + k * nb + nb + j), acc->a1);
+            }
+            if (k < per)  /* W = 8: one field */
+                acc->a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(field(c, k, W, mask)),
+                                          _mm256_loadu_ps(z + k * nb + j), acc->a0);
+        }
+    }
+    for (int k = 0; k < per; ++k) {  /* what is left: partial fields or bytes */
+        int n = gs - k * nb; if (n > nb) n = nb;
+        for (int i = j; i < n; ++i)
+            acc->tail += (float)((p[i] >> (k * W)) & ((1u << W) - 1u)) * z[k * nb + i];
+    }
+}
+#else
+typedef struct { float lane[8]; float tail; } acc_t;
+static inline void acc_zero(acc_t *a) { memset(a, 0, sizeof(*a)); }
+static inline float acc_sum(const acc_t *a) {
+    float s = a->tail;
+    for (int l = 0; l < 8; ++l) s += a->lane[l];
+    return s;
+}
+static inline __attribute__((always_inline)) void plane_acc(const uint8_t *p, const float *z, int gs, int W, int shift, acc_t *acc) {
+    const int per = 8 / W, nb = plane_bytes(gs, W);
+    const unsigned mask = (1u << W) - 1u;
+    for (int k = 0; k < per; ++k) {
+        const float *zk = z + k * nb;
+        int n = gs - k * nb; if (n > nb) n = nb;
+        int j = 0;
+        for (; j + 8 <= n; j += 8)
+            for (int l = 0; l < 8; ++l)
+                acc->lane[l] += (float)((p[j + l] >> (k * W)) & mask) * zk[j + l];
+        for (; j < n; ++j) acc->tail += (float)((p[j] >> (k * W)) & mask) * zk[j];
+    }
+}
+#endif
+
+static inline void segment_acc(const uint8_t *seg, const float *z, int gs, int b, acc_t *acc) {
+    int shift = 0;
+    while (shift < b) {
+        int left = b - shift;
+        int w = left >= 8 ? 8 : (left & 1) ? 1 : (left & 2) ? 2 : 4;
+        acc_t part, *into = shift ? &part : acc;  /* higher planes: summed, then scaled */
+        if (shift) acc_zero(&part);
+        switch (w) {  /* a copy per width: constant loop bounds and shifts */
+            case 1: plane_acc(seg, z, gs, 1, into); break;
+            case 2: plane_acc(seg, z, gs, 2, into); break;
+            case 4: plane_acc(seg, z, gs, 4, into); break;
+            default: plane_acc(seg, z, gs, 8, into);
+        }
+        if (shift) acc_add_scaled(acc, &part, (float)(1u << shift));
+        seg += plane_bytes(gs, w);
+        shift += w;
+    }
+}
+
+/* y[t * ys + r] = sum over groups g (skip[g] == 0) of codes(g, r) . z[t, g*gs : (g+1)*gs]. */
+void code_matvec(long r0, long r1, int T, int M, int gs, const int32_t *bits, const int64_t *off,
+                 const int32_t *skip, const int64_t *stride, const uint8_t *bytes, const float *z,
+                 float *y, long ys) {
+    const long zs = (long)M * gs;
+    for (long r = r0; r < r1; ++r) {
+        for (int t = 0; t < T; ++t) {
+            acc_t acc;
+            acc_zero(&acc);
+            for (int g = 0; g < M; ++g) {
+                if (skip[g]) continue;
+                segment_acc(bytes + off[g] + r * stride[g], z + t * zs + (long)g * gs, gs, bits[g],
+                            &acc);
+            }
+            y[t * ys + r] = acc_sum(&acc);
+        }
+    }
+}
+
+/* out[r, g*gs + i] = code(g, r, i) - offset[g] for rows r0 <= r < r1 (skip[g]: left as is). */
+void code_unpack(long r0, long r1, int M, int gs, const int32_t *bits, const int64_t *off,
+                 const int32_t *skip, const int64_t *stride, const float *offset,
+                 const uint8_t *bytes, float *out) {
+    const long width = (long)M * gs;
+    for (long r = r0; r < r1; ++r) {
+        for (int g = 0; g < M; ++g) {
+            if (skip[g]) continue;
+            float *o = out + r * width + (long)g * gs;
+            for (int i = 0; i < gs; ++i) o[i] = -offset[g];
+            const uint8_t *seg = bytes + off[g] + r * stride[g];
+            int shift = 0, b = bits[g];
+            while (shift < b) {
+                int left = b - shift;
+                int w = left >= 8 ? 8 : (left & 1) ? 1 : (left & 2) ? 2 : 4;
+                int per = 8 / w, nb = plane_bytes(gs, w);
+                unsigned mask = (1u << w) - 1u;
+                for (int k = 0; k < per; ++k)
+                    for (int j = 0; j < nb && k * nb + j < gs; ++j)
+                        o[k * nb + j] += (float)(((seg[j] >> (k * w)) & mask) << shift);
+                seg += nb;
+                shift += w;
+            }
+        }
+    }
+}
+
+/* In place, for each of `count` matrices (n, m) (row-major): x <- H_n x * norm (n = 2^k). */
+void fwht(long count, int n, int m, float *x, float norm) {
+    for (long c = 0; c < count; ++c) {
+        float *a = x + c * (long)n * m;
+        for (int h = 1; h < n; h *= 2)
+            for (int i = 0; i < n; i += 2 * h)
+                for (int j = i; j < i + h; ++j) {
+                    float *p = a + (long)j * m, *q = a + (long)(j + h) * m;
+                    for (int k = 0; k < m; ++k) {
+                        float u = p[k], v = q[k];
+                        p[k] = u + v;
+                        q[k] = u - v;
+                    }
+                }
+        for (long k = 0; k < (long)n * m; ++k) a[k] *= norm;
+    }
+}
+"""
+_FLAGS = (["-O3", "-march=native"], ["-O3"])
+_KERNELS: list = []
+_LOCK = threading.Lock()
+_VP, _L, _I, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
+_SIGNATURES = {
+    "code_matvec": [_L, _L, _I, _I, _I, _VP, _VP, _VP, _VP, _VP, _VP, _VP, _L],
+    "code_unpack": [_L, _L, _I, _I, _VP, _VP, _VP, _VP, _VP, _VP, _VP],
+    "fwht": [_L, _I, _I, _VP, _F],
+}
+
+
+def _load() -> dict | None:
+    if os.environ.get("LLVQ_NO_CKERNEL") == "1":
+        return None
+    err: Exception | None = None
+    for flags in _FLAGS:
+        tag = hashlib.sha1((_SOURCE + " ".join(flags) + _cpu()).encode()).hexdigest()[:12]
+        lib = cache_dir() / f"cpacked_{tag}.so"
+        try:
+            if not lib.is_file():
+                compile_shared(_SOURCE, lib, flags)
+            cdll = ctypes.CDLL(str(lib))
+        except (OSError, subprocess.SubprocessError) as e:
+            err = e
+            continue
+        fns = {}
+        for name, args in _SIGNATURES.items():
+            fn = getattr(cdll, name)
+            fn.restype = None
+            fn.argtypes = args
+            fns[name] = fn
+        return fns
+    _LOG.warning("llvq: could not build/load the packed GLVQ kernels (%s); packed layers use "
+                 "the slower torch path", build_error(err) if err else "no build was tried")
+    return None
+
+
+def kernels() -> dict | None:
+    """The loaded C functions (compiled on first use), or ``None`` if unavailable or disabled."""
+    if not _KERNELS:
+        with _LOCK:
+            if not _KERNELS:
+                _KERNELS.append(_load())
+    return _KERNELS[0]

@@ -1,0 +1,329 @@
+"""A GLVQ-quantized linear layer that keeps its codes packed and decodes on the fly.
+
+For a group ``g`` that does not compand, row ``r`` of the (rotated) weight is, on each vector
+``j`` of ``d`` consecutive columns, ``W'[r, j] = ρ_r s_g ((c_{rj} - o_g) G_g)`` with ``c`` the
+stored unsigned codes, ``o_g = 2^(b_g - 1) - 1/2``, ``s_g`` the group scale and ``ρ_r`` the row
+scale. Hence for an input ``x``
+
+    (W' x)_r = ρ_r sum_g sum_j (c_{rj} - o_g) . z_{gj},    z_{gj} = s_g G_g x_{gj}
+
+so a product with the codes themselves, after a ``d x d`` transform of the input per vector
+(``M n / d`` small products instead of ``out x in`` decodes). :class:`GLVQLinear` stores the
+codes bit-packed (``b_g`` bits each, in bit planes: :func:`pack_rows`) and
+computes that product with a C kernel (:mod:`llvq.llm._cpacked`): for up to
+``MAX_TOKENS`` tokens directly from the packed bits, for more by unpacking to a float matrix
+for one matrix product. Groups that compand (a µ-law after ``G``, rare after incoherence
+processing) are decoded once at load and kept as a float32 block. With incoherence processing
+the layer applies ``V`` to the input and ``U^T`` to the output from their factors
+(a fast Walsh–Hadamard transform, a small orthogonal ``Q`` and signs), never as ``n x n``
+matrices.
+
+Without a C compiler every step has a torch path (slower; same results within float
+rounding). :func:`llvq.llm.io.load_quantized` with ``packed=True`` builds these layers from an
+export.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from llvq.llm._cpacked import MAX_TOKENS, kernels
+from llvq.llm.groups import LayerResult, round_side
+from llvq.llm.incoherence import hadamard, rotation_factors
+from llvq.quantizers.glvq import (
+    MU_MAX,
+    MU_MIN,
+    GLVQState,
+    GroupedLatticeQuantizer,
+    logit_to_mu,
+    mu_to_logit,
+)
+
+__all__ = ["GLVQLinear", "pack_rows", "planes", "row_bytes", "unpack_rows"]
+
+_POOL: list[ThreadPoolExecutor] = []
+
+
+def _pool() -> ThreadPoolExecutor | None:
+    threads = torch.get_num_threads()
+    if threads < 2:
+        return None
+    if not _POOL or _POOL[0]._max_workers != threads:
+        if _POOL:
+            _POOL.pop().shutdown(wait=False)
+        _POOL.append(ThreadPoolExecutor(threads, thread_name_prefix="llvq-packed"))
+    return _POOL[0]
+
+
+def planes(bits: int) -> list[tuple[int, int]]:
+    """The bit planes ``(width, shift)`` of a ``bits``-bit code, low first (widths 8, 4, 2, 1)."""
+    out, shift = [], 0
+    while shift < bits:
+        left = bits - shift
+        w = 8 if left >= 8 else 1 if left & 1 else 2 if left & 2 else 4
+        out.append((w, shift))
+        shift += w
+    return out
+
+
+def _plane_bytes(group_size: int, width: int) -> int:
+    return math.ceil(group_size / (8 // width))
+
+
+def row_bytes(group_size: int, bits: int) -> int:
+    """Bytes of one row of one group: ``group_size * bits / 8`` when ``group_size % 8 == 0``."""
+    return sum(_plane_bytes(group_size, w) for w, _ in planes(bits))
+
+
+def pack_rows(codes: Tensor, bits: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+    """Pack ``(M, out, gs)`` unsigned codes, group by group and row by row, into bit planes.
+
+    A ``b``-bit code is split into planes of widths 8, 4, 2 and 1 (:func:`planes`); a plane of
+    width ``w`` packs ``8 / w`` fields per byte into ``nb = ceil(gs w / 8)`` bytes, field ``k``
+    of byte ``j`` holding code ``k nb + j``, so unpacking one field of consecutive bytes gives
+    consecutive codes (what the kernel vectorizes). Returns ``(bytes, offsets, strides)``:
+    uint8 data, the first byte of each group, and each group's bytes per row.
+    """
+    _, out, gs = codes.shape
+    parts, offsets, strides, pos = [], [], [], 0
+    c_all = codes.to(torch.int64).numpy()
+    for g, b in enumerate(bits):
+        c = c_all[g]
+        if c.size and (int(c.min()) < 0 or int(c.max()) >= 2**b):
+            raise ValueError(f"group {g}: codes outside [0, 2^{b})")
+        rows = []
+        for w, shift in planes(b):
+            per, nb = 8 // w, _plane_bytes(gs, w)
+            v = np.zeros((out, per * nb), dtype=np.int64)
+            v[:, :gs] = (c >> shift) & (2**w - 1)
+            fields = v.reshape(out, per, nb) << (np.arange(per, dtype=np.int64) * w)[None, :, None]
+            rows.append(fields.sum(axis=1).astype(np.uint8))
+        seg = np.concatenate(rows, axis=1)
+        parts.append(seg.reshape(-1))
+        offsets.append(pos)
+        strides.append(seg.shape[1])
+        pos += seg.size
+    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
+    return (torch.from_numpy(flat), torch.tensor(offsets, dtype=torch.int64),
+            torch.tensor(strides, dtype=torch.int64))
+
+
+def unpack_rows(data: Tensor, offsets: Tensor, bits: list[int], out: int, gs: int) -> Tensor:
+    """Inverse of :func:`pack_rows`: ``(M, out, gs)`` int64 codes (torch only)."""
+    res = []
+    for g, b in enumerate(bits):
+        seg = data[int(offsets[g]): int(offsets[g]) + out * row_bytes(gs, b)].view(out, -1)
+        codes, col = torch.zeros(out, gs, dtype=torch.int64), 0
+        for w, shift in planes(b):
+            per, nb = 8 // w, _plane_bytes(gs, w)
+            byte = seg[:, col:col + nb].to(torch.int64)
+            fields = (byte[:, None, :] >> (torch.arange(per) * w)[None, :, None]) & (2**w - 1)
+            codes += fields.reshape(out, per * nb)[:, :gs] << shift
+            col += nb
+        res.append(codes)
+    return torch.stack(res) if res else torch.zeros(0, out, gs, dtype=torch.int64)
+
+
+class _Rotation(nn.Module):
+    """``x -> T x`` (or ``T^T x``) for the randomized Hadamard transform of ``(n, seed)``."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        super().__init__()
+        p, q, signs = rotation_factors(n, seed)
+        self.n, self.p = n, p
+        self.m = n // p
+        self.register_buffer("signs", signs.float())
+        self.register_buffer("q", (q if q is not None else torch.ones(1, 1)).float())
+
+    def _hadamard(self, x: Tensor) -> Tensor:
+        """``H_p`` along dim 1 of ``x`` ``(T, p, m)`` (normalized)."""
+        fns = kernels()
+        if fns is not None and x.dtype == torch.float32 and self.p > 1:
+            x = x.contiguous()
+            fns["fwht"](x.shape[0], self.p, self.m, x.data_ptr(), 1.0 / math.sqrt(self.p))
+            return x
+        return torch.matmul(hadamard(self.p).to(x.dtype), x)
+
+    def forward(self, x: Tensor, transpose: bool = False) -> Tensor:
+        t = x.shape[0]
+        if not transpose:  # T x = vec(H X Q^T), X = view(s * x)
+            y = self._hadamard((x * self.signs).view(t, self.p, self.m))
+            return (y @ self.q.T).reshape(t, self.n) if self.m > 1 else y.reshape(t, self.n)
+        y = x.reshape(t, self.p, self.m)  # T^T y = s * vec(H Y Q)
+        y = y @ self.q if self.m > 1 else y.clone()
+        return self._hadamard(y).reshape(t, self.n) * self.signs
+
+
+class GLVQLinear(nn.Module):
+    """A linear layer over packed GLVQ codes (see the module docstring).
+
+    Build it with :meth:`from_codes` (stored codes and side information, as in an export) or
+    :meth:`from_result` (a :class:`llvq.llm.groups.LayerResult`). Its output equals
+    ``F.linear(x, W, bias)`` with ``W`` the dequantized weight, up to float32 rounding.
+
+    Memory: the codes at their bit widths, ``M`` transforms ``s_g G_g^T`` (float32, ``d x d``),
+    float32 row scales, the float32 columns of companding groups, and the rotation factors.
+    """
+
+    def __init__(self, in_features: int, out_features: int, group_size: int, lattice_dim: int,
+                 bits: list[int], data: Tensor, offsets: Tensor, strides: Tensor,
+                 transforms: Tensor,
+                 row_scale: Tensor | None, dense_groups: list[int], dense_weight: Tensor,
+                 rotation_seed: int | None = None, bias: Tensor | None = None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.group_size, self.lattice_dim = group_size, lattice_dim
+        self.groups = in_features // group_size
+        self.bits = list(bits)
+        self.dense_groups = list(dense_groups)
+        self.rotation_seed = rotation_seed
+        skip = torch.zeros(self.groups, dtype=torch.int32)
+        skip[self.dense_groups] = 1
+        self.register_buffer("data", data)
+        self.register_buffer("offsets", offsets.to(torch.int64))
+        self.register_buffer("strides", strides.to(torch.int64))
+        self.register_buffer("bits_i32", torch.tensor(self.bits, dtype=torch.int32))
+        self.register_buffer("skip", skip)
+        offset = torch.tensor([2.0 ** (b - 1) - 0.5 for b in self.bits])
+        self.register_buffer("code_offset", offset.masked_fill(skip.bool(), 0.0))
+        self.register_buffer("transforms", transforms.float())  # (M, d, d): s_g G_g^T
+        self.register_buffer("row_scale", None if row_scale is None else row_scale.float())
+        cols = torch.cat([torch.arange(g * group_size, (g + 1) * group_size)
+                          for g in self.dense_groups]) if self.dense_groups else torch.zeros(0, dtype=torch.int64)
+        self.register_buffer("dense_cols", cols)
+        self.register_buffer("dense_weight", dense_weight.float())  # (out, len(cols)), ρ included
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        if rotation_seed is not None:
+            self.rot_out = _Rotation(out_features, int(rotation_seed))
+            self.rot_in = _Rotation(in_features, int(rotation_seed) + 1)
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_codes(cls, codes: Tensor, generator: Tensor, mu: Tensor, scale: Tensor,
+                   row_scale: Tensor | None, bits: Tensor, compand: Tensor, out_features: int,
+                   group_size: int, rotation_seed: int | None = None,
+                   bias: Tensor | None = None) -> GLVQLinear:
+        """From stored codes ``(M, out * gs / d, d)`` and side information (as :func:`dequantize`
+        takes them: ``mu`` has a value for every group, read where ``compand``)."""
+        m, _, d = codes.shape
+        in_features = m * group_size
+        bits_l = [int(b) for b in torch.as_tensor(bits).flatten().tolist()]
+        mask = torch.as_tensor(compand, dtype=torch.bool).flatten()
+        mu_held = logit_to_mu(mu_to_logit(mu.float().clamp(MU_MIN, MU_MAX)))
+        g, mu_eff = round_side(generator.float(), mu_held)
+        s = scale.float().flatten()
+        grouped = codes.reshape(m, out_features, group_size)
+        dense = [i for i in range(m) if bool(mask[i])]
+        if dense:  # µ-law groups: decoded once, exactly as the dequantizer does
+            q = GroupedLatticeQuantizer(d, groups=len(dense), learnable=False)
+            st = GLVQState(generator=g[dense], mu=mu_eff[dense], scale=s[dense],
+                           bits=torch.tensor([bits_l[i] for i in dense]),
+                           compand=torch.ones(len(dense), dtype=torch.bool))
+            with torch.no_grad():
+                x_hat = q.decode(codes[dense].to(torch.int64), st)  # (D, vecs, d)
+            w = x_hat.reshape(len(dense), out_features, group_size).transpose(0, 1)
+            w = w.reshape(out_features, len(dense) * group_size)
+            dense_weight = w * row_scale.float()[:, None] if row_scale is not None else w
+        else:
+            dense_weight = torch.zeros(out_features, 0)
+        keep = grouped.clone()
+        keep[dense] = 0  # their codes stay in the stream (unused) so offsets stay simple
+        data, offsets, strides = pack_rows(keep, bits_l)
+        transforms = g.transpose(1, 2) * s.view(-1, 1, 1)
+        return cls(in_features, out_features, group_size, d, bits_l, data, offsets, strides,
+                   transforms,
+                   row_scale, dense, dense_weight, rotation_seed, bias)
+
+    @classmethod
+    def from_result(cls, res: LayerResult, group_size: int,
+                    bias: Tensor | None = None) -> GLVQLinear:
+        """From a quantized layer's :class:`LayerResult`."""
+        out = res.weight.shape[0]
+        return cls.from_codes(res.codes, res.generator, res.mu, res.scale, res.row_scale,
+                              res.bits, res.compand, out, group_size, res.rotation_seed, bias)
+
+    # -- compute --------------------------------------------------------------------------------
+    def _z(self, x: Tensor) -> Tensor:
+        """``z_{gj} = s_g G_g x_{gj}`` for every vector, ``(T, in)``."""
+        t, d = x.shape[0], self.lattice_dim
+        v = x.view(t, self.groups, self.group_size // d, d)
+        return torch.matmul(v, self.transforms.unsqueeze(0)).reshape(t, self.in_features)
+
+    def _codes_product(self, z: Tensor) -> Tensor:
+        """``sum_g (c - o_g) . z`` per row and token (companding groups excluded), ``(T, out)``."""
+        fns = kernels()
+        t = z.shape[0]
+        if fns is None:
+            return F.linear(z, self.code_matrix())
+        if t > MAX_TOKENS:
+            return F.linear(z, self.code_matrix())
+        z = z.contiguous()
+        y = torch.empty(t, self.out_features)
+        const = (z.view(t, self.groups, self.group_size).sum(2) * self.code_offset).sum(1)
+
+        def run(r0: int, r1: int) -> None:
+            fns["code_matvec"](r0, r1, t, self.groups, self.group_size, self.bits_i32.data_ptr(),
+                               self.offsets.data_ptr(), self.skip.data_ptr(),
+                               self.strides.data_ptr(), self.data.data_ptr(), z.data_ptr(),
+                               y.data_ptr(),
+                               self.out_features)
+
+        pool = _pool()
+        if pool is None or self.out_features < 64:
+            run(0, self.out_features)
+        else:
+            n = pool._max_workers
+            bounds = [self.out_features * i // n for i in range(n + 1)]
+            list(pool.map(run, bounds[:-1], bounds[1:]))
+        return y - const[:, None]
+
+    def code_matrix(self) -> Tensor:
+        """``c - o_g`` as a float32 ``(out, in)`` matrix (zero on companding groups)."""
+        fns = kernels()
+        if fns is None:
+            codes = unpack_rows(self.data, self.offsets, self.bits, self.out_features,
+                                self.group_size).float() - self.code_offset.view(-1, 1, 1)
+            codes[self.dense_groups] = 0
+            return codes.transpose(0, 1).reshape(self.out_features, self.in_features)
+        mat = torch.zeros(self.out_features, self.in_features)
+        fns["code_unpack"](0, self.out_features, self.groups, self.group_size,
+                           self.bits_i32.data_ptr(), self.offsets.data_ptr(),
+                           self.skip.data_ptr(), self.strides.data_ptr(),
+                           self.code_offset.data_ptr(), self.data.data_ptr(), mat.data_ptr())
+        return mat
+
+    def dequantized_weight(self) -> Tensor:
+        """The full float32 weight ``(out, in)`` in the layer's own coordinates (for checks)."""
+        y = self.forward_float(torch.eye(self.in_features))
+        return (y if self.bias is None else y - self.bias).T.contiguous()
+
+    def forward_float(self, x: Tensor) -> Tensor:
+        """:meth:`forward` on a float32 ``(T, in)`` input."""
+        if self.rotation_seed is not None:
+            x = self.rot_in(x)
+        y = self._codes_product(self._z(x))
+        if self.row_scale is not None:
+            y = y * self.row_scale
+        if self.dense_groups:
+            y = y + F.linear(x[:, self.dense_cols], self.dense_weight)
+        if self.rotation_seed is not None:
+            y = self.rot_out(y, transpose=True)
+        return y if self.bias is None else y + self.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        y = self.forward_float(x.reshape(-1, self.in_features).float())
+        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        widths = sorted(set(self.bits))
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"group_size={self.group_size}, d={self.lattice_dim}, bits={widths}, "
+                f"dense_groups={len(self.dense_groups)}, "
+                f"incoherence={self.rotation_seed is not None}, bias={self.bias is not None}")

@@ -1,0 +1,110 @@
+"""Packed GLVQ layers: bit-plane packing, the C kernels against torch, a packed tiny Llama."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llvq.llm import _cpacked
+from llvq.llm.groups import dequantize
+from llvq.llm.incoherence import unrotate
+from llvq.llm.packed import GLVQLinear, pack_rows, planes, row_bytes, unpack_rows
+
+
+@pytest.fixture(params=["c", "torch"])
+def kernel(request, monkeypatch):
+    """Run a test with the C kernels and again with the torch fallback."""
+    if request.param == "torch":
+        monkeypatch.setattr(_cpacked, "_KERNELS", [None])
+    elif _cpacked.kernels() is None:
+        pytest.skip("no C compiler: the packed kernels cannot be built")
+    return request.param
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8, 9, 12])
+@pytest.mark.parametrize("gs", [64, 12])
+def test_planes_pack_and_unpack_exactly(bits: int, gs: int) -> None:
+    assert sum(w for w, _ in planes(bits)) == bits
+    assert [s for _, s in planes(bits)] == sorted(s for _, s in planes(bits))
+    g = torch.Generator().manual_seed(bits)
+    codes = torch.randint(0, 2**bits, (3, 5, gs), generator=g)
+    data, offsets, strides = pack_rows(codes, [bits] * 3)
+    assert data.dtype == torch.uint8 and strides.tolist() == [row_bytes(gs, bits)] * 3
+    if gs % 8 == 0:  # whole bytes: exactly `bits` bits per code
+        assert data.numel() * 8 == codes.numel() * bits
+    assert torch.equal(unpack_rows(data, offsets, [bits] * 3, 5, gs), codes)
+
+
+def test_codes_outside_their_width_are_refused() -> None:
+    with pytest.raises(ValueError, match="outside"):
+        pack_rows(torch.full((1, 2, 8), 4), [2])
+
+
+def _layer(out: int, inp: int, bits: list[int], compand: list[bool], seed: int | None,
+           row_scale: bool = True, bias: bool = False, gs: int = 64, d: int = 8):
+    """A random packed layer and the float weight (layer coordinates) it must act as."""
+    g = torch.Generator().manual_seed(out + inp + len(bits))
+    m = inp // gs
+    codes = torch.stack([torch.randint(0, 2**b, (out * gs // d, d), generator=g) for b in bits])
+    gen = (torch.eye(d) * 0.2 + 0.05 * torch.randn(m, d, d, generator=g)).half()
+    mu = torch.full((m,), 40.0).half()
+    scale = (torch.rand(m, generator=g) + 0.5).half()
+    rs = (torch.rand(out, generator=g) + 0.5).half() if row_scale else None
+    b = torch.randn(out, generator=g) if bias else None
+    bits_t, mask = torch.tensor(bits), torch.tensor(compand)
+    w = dequantize(codes, gen, mu, scale, rs, bits_t, mask, out, gs)
+    if seed is not None:
+        w = unrotate(w, seed)
+    lin = GLVQLinear.from_codes(codes, gen, mu, scale, rs, bits_t, mask, out, gs, seed, b)
+    return lin, w, b
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 20])
+@pytest.mark.parametrize("seed", [None, 7])
+def test_packed_layer_equals_its_dequantized_weight(kernel: str, tokens: int,
+                                                    seed: int | None) -> None:
+    bits = [2, 3, 4, 2, 8, 5]
+    compand = [False, True, False, False, False, True]  # µ-law groups are kept as float columns
+    lin, w, b = _layer(48, 384, bits, compand, seed, bias=True)
+    x = torch.randn(2, tokens, 384)
+    want = F.linear(x, w, b)
+    top = want.abs().max()  # µ-law groups reach large values: float32 error relative to the top
+    torch.testing.assert_close(lin(x) / top, want / top, atol=1e-6, rtol=0)
+    top = w.abs().max()
+    torch.testing.assert_close(lin.dequantized_weight() / top, w / top, atol=1e-6, rtol=0)
+
+
+def test_packed_layer_without_row_scale_in_half_precision(kernel: str) -> None:
+    lin, w, _ = _layer(16, 128, [3, 1], [False, False], None, row_scale=False)
+    x = torch.randn(4, 128)
+    y = lin(x.half())
+    assert y.dtype == torch.float16
+    torch.testing.assert_close(y.float(), F.linear(x.half().float(), w), atol=2e-2, rtol=2e-2)
+
+
+def test_packed_layer_holds_a_fraction_of_the_float_weight() -> None:
+    lin, w, _ = _layer(256, 512, [2] * 8, [False] * 8, 3)
+    held = sum(t.numel() * t.element_size() for t in lin.buffers())
+    assert held < w.numel() * 4 / 8  # 2-bit codes + side information << float32
+
+
+def test_tiny_llama_packed_matches_the_dequantized_model(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    from llvq.llm.io import load_quantized, save_quantized
+    from tests.llm.test_glvq import TINY, _calib, _quantized_tiny
+
+    settings = TINY.__class__(**{**TINY.__dict__, "incoherence": True})
+    model, tok, ptq = _quantized_tiny(2.5, settings)
+    save_quantized(tmp_path / "q", model, ptq.results, tok, settings.group_size)
+    ref, _ = load_quantized(tmp_path / "q")
+    packed, _ = load_quantized(tmp_path / "q", packed=True)
+    layers = [m for m in packed.modules() if isinstance(m, GLVQLinear)]
+    assert len(layers) == len(ptq.results)
+    x = _calib(2, 48, seed=3)
+    torch.testing.assert_close(packed(x).logits, ref(x).logits, atol=1e-4, rtol=1e-4)
+    prompt = x[:1, :8]
+    kw = {"max_new_tokens": 12, "do_sample": False, "use_cache": True, "pad_token_id": 0}
+    assert torch.equal(packed.generate(prompt, **kw), ref.generate(prompt, **kw))
