@@ -24,22 +24,15 @@ set it to ``[None]`` to force the fallback).
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import logging
-import os
-import platform
-import subprocess
 import threading
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from llvq.lattices._ckernel import build_error, cache_dir, compile_shared
+from llvq.lattices._ckernel import load_library, load_once
 
 __all__ = ["decode_dn", "decode_dn_plus", "kernels", "usable"]
 
-_LOG = logging.getLogger(__name__)
 
 _SOURCE = r"""
 #include <math.h>
@@ -288,49 +281,16 @@ _KERNELS: list = []  # [dict of ctypes functions or None], filled on first use
 _LOCK = threading.Lock()
 
 
-def _cpu() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        info = ""
-    lines = [ln for ln in info.splitlines() if ln.startswith(("model name", "flags"))][:2]
-    return platform.machine() + platform.processor() + "".join(lines)
-
-
 def _load() -> dict | None:
-    if os.environ.get("LLVQ_NO_CKERNEL") == "1":
-        return None
-    cache = cache_dir()
-    err: Exception | None = None
-    for flags in _FLAGS:
-        tag = hashlib.sha1((_SOURCE + " ".join(flags) + _cpu()).encode()).hexdigest()[:12]
-        lib = cache / f"cfast_{tag}.so"
-        try:
-            if not lib.is_file():
-                compile_shared(_SOURCE, lib, flags)
-            cdll = ctypes.CDLL(str(lib))
-        except (OSError, subprocess.SubprocessError) as e:
-            err = e
-            continue
-        fns = {}
-        for name in ("dn_float", "dn_double", "dnp_float", "dnp_double"):
-            fn = getattr(cdll, name)
-            fn.restype = None
-            fn.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
-            fns[name] = fn
-        return fns
-    _LOG.warning("llvq: could not build/load the C D_n/E8 decoders (%s); using the slower "
-                 "torch decoders", build_error(err) if err else "no build was tried")
-    return None
+    return load_library(_SOURCE, "cfast", _FLAGS, {
+        name: [ctypes.c_int, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+        for name in ("dn_float", "dn_double", "dnp_float", "dnp_double")},
+        "the C D_n/E8 decoders; using the slower torch decoders")
 
 
 def kernels() -> dict | None:
     """The loaded C functions (compiled on first use), or ``None`` if unavailable or disabled."""
-    if not _KERNELS:
-        with _LOCK:
-            if not _KERNELS:
-                _KERNELS.append(_load())
-    return _KERNELS[0]
+    return load_once(_KERNELS, _LOCK, _load)
 
 
 def usable(x: Tensor) -> bool:

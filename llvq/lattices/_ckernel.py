@@ -22,6 +22,7 @@ import ctypes
 import hashlib
 import logging
 import os
+import platform
 import subprocess
 import tempfile
 import threading
@@ -117,6 +118,61 @@ def build_error(err: Exception) -> str:
     return f"{err}: {detail}" if detail else str(err)
 
 
+def cpu_tag() -> str:
+    """The machine and CPU model/flags: part of a ``-march=native`` library's cache key."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        info = ""
+    lines = [ln for ln in info.splitlines() if ln.startswith(("model name", "flags"))][:2]
+    return platform.machine() + platform.processor() + "".join(lines)
+
+
+def load_library(source: str, stem: str, flag_sets: tuple[list[str], ...],
+                 signatures: dict[str, list], what: str) -> dict | None:
+    """Build (once, cached) and load the C ``source``; its functions by name, or ``None``.
+
+    Each flag set is tried in turn (e.g. ``-march=native`` first, then a portable build); the
+    library is cached under :func:`cache_dir` as ``<stem>_<hash>.so``, the hash covering the
+    source, the flags and :func:`cpu_tag`. ``signatures`` maps each function name to its ctypes
+    argument types (all return ``void``). ``LLVQ_NO_CKERNEL=1`` gives ``None``; a failed build
+    logs one warning naming ``what`` (the kernels and the torch path used instead).
+    """
+    if os.environ.get("LLVQ_NO_CKERNEL") == "1":
+        return None
+    err: Exception | None = None
+    for flags in flag_sets:
+        tag = hashlib.sha1((source + " ".join(flags) + cpu_tag()).encode()).hexdigest()[:12]
+        lib = cache_dir() / f"{stem}_{tag}.so"
+        try:
+            if not lib.is_file():
+                compile_shared(source, lib, flags)
+            cdll = ctypes.CDLL(str(lib))
+        except (OSError, subprocess.SubprocessError) as e:
+            err = e
+            continue
+        fns = {}
+        for name, args in signatures.items():
+            fn = getattr(cdll, name)
+            fn.restype = None
+            fn.argtypes = args
+            fns[name] = fn
+        return fns
+    _LOG.warning("llvq: could not build/load %s (%s)", what,
+                 build_error(err) if err else "no build was tried")
+    return None
+
+
+def load_once(cell: list, lock: threading.Lock, load: Callable[[], object]) -> object:
+    """``cell[0]``, filling it with ``load()`` on first use (thread-safe). Tests set the cell to
+    ``[None]`` to force the torch fallback."""
+    if not cell:
+        with lock:
+            if not cell:
+                cell.append(load())
+    return cell[0]
+
+
 def _load() -> Callable | None:
     if os.environ.get("LLVQ_NO_CKERNEL") == "1":
         return None
@@ -137,11 +193,7 @@ def _load() -> Callable | None:
 
 def kernel() -> Callable | None:
     """The loaded C function (compiled on first use), or ``None`` if unavailable or disabled."""
-    if not _KERNEL:
-        with _LOCK:
-            if not _KERNEL:
-                _KERNEL.append(_load())
-    return _KERNEL[0]
+    return load_once(_KERNEL, _LOCK, _load)
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:

@@ -17,19 +17,13 @@ kernel can be built; :class:`llvq.llm.packed.GLVQLinear` then uses its torch pat
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import logging
-import os
-import subprocess
 import threading
 
-from llvq.lattices._cfast import _cpu
-from llvq.lattices._ckernel import build_error, cache_dir, compile_shared
+from llvq.lattices._ckernel import load_library, load_once
 
 __all__ = ["MAX_TOKENS", "kernels"]
 
 MAX_TOKENS = 8  # up to this many tokens the matvec kernel; more: unpack once + a matrix product
-_LOG = logging.getLogger(__name__)
 
 _SOURCE = r"""
 #include <stdint.h>
@@ -206,35 +200,10 @@ _SIGNATURES = {
 
 
 def _load() -> dict | None:
-    if os.environ.get("LLVQ_NO_CKERNEL") == "1":
-        return None
-    err: Exception | None = None
-    for flags in _FLAGS:
-        tag = hashlib.sha1((_SOURCE + " ".join(flags) + _cpu()).encode()).hexdigest()[:12]
-        lib = cache_dir() / f"cpacked_{tag}.so"
-        try:
-            if not lib.is_file():
-                compile_shared(_SOURCE, lib, flags)
-            cdll = ctypes.CDLL(str(lib))
-        except (OSError, subprocess.SubprocessError) as e:
-            err = e
-            continue
-        fns = {}
-        for name, args in _SIGNATURES.items():
-            fn = getattr(cdll, name)
-            fn.restype = None
-            fn.argtypes = args
-            fns[name] = fn
-        return fns
-    _LOG.warning("llvq: could not build/load the packed GLVQ kernels (%s); packed layers use "
-                 "the slower torch path", build_error(err) if err else "no build was tried")
-    return None
+    return load_library(_SOURCE, "cpacked", _FLAGS, _SIGNATURES,
+                        "the packed GLVQ kernels; packed layers use the slower torch path")
 
 
 def kernels() -> dict | None:
     """The loaded C functions (compiled on first use), or ``None`` if unavailable or disabled."""
-    if not _KERNELS:
-        with _LOCK:
-            if not _KERNELS:
-                _KERNELS.append(_load())
-    return _KERNELS[0]
+    return load_once(_KERNELS, _LOCK, _load)

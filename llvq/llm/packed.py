@@ -259,9 +259,7 @@ class GLVQLinear(nn.Module):
         """``sum_g (c - o_g) . z`` per row and token (companding groups excluded), ``(T, out)``."""
         fns = kernels()
         t = z.shape[0]
-        if fns is None:
-            return F.linear(z, self.code_matrix())
-        if t > MAX_TOKENS:
+        if fns is None or t > MAX_TOKENS:  # torch path, or a long input: one unpack + matmul
             return F.linear(z, self.code_matrix())
         z = z.contiguous()
         y = torch.empty(t, self.out_features)

@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from llvq.lattices import _cfast, fast, get_lattice
+from llvq.lattices import _cfast, _ckernel, fast, get_lattice
 
 needs_cc = pytest.mark.skipif(_cfast.kernels() is None, reason="no C compiler")
 DTYPES = [torch.float32, torch.float64]
@@ -126,12 +126,13 @@ def test_no_compiler_is_a_quiet_fallback(tmp_path, monkeypatch, caplog) -> None:
     monkeypatch.setenv("LLVQ_CACHE", str(tmp_path))
     monkeypatch.delenv("LLVQ_NO_CKERNEL", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no `cc`
-    with caplog.at_level(logging.WARNING, logger=_cfast.__name__):
+    with caplog.at_level(logging.WARNING, logger=_ckernel.__name__):
         assert _cfast.kernels() is None
         assert _cfast.kernels() is None
         y = get_lattice("E8").closest_point(torch.randn(50, 8))
     assert y.shape == (50, 8)
-    assert len([r for r in caplog.records if r.name == _cfast.__name__]) == 1
+    warned = [r.getMessage() for r in caplog.records if r.name == _ckernel.__name__]
+    assert len(warned) == 1 and "D_n/E8 decoders" in warned[0]
     assert list(tmp_path.glob("*.so")) == [] and list(tmp_path.glob("*.c")) == []
 
 

@@ -108,3 +108,20 @@ def test_tiny_llama_packed_matches_the_dequantized_model(tmp_path: Path) -> None
     prompt = x[:1, :8]
     kw = {"max_new_tokens": 12, "do_sample": False, "use_cache": True, "pad_token_id": 0}
     assert torch.equal(packed.generate(prompt, **kw), ref.generate(prompt, **kw))
+
+
+def test_no_compiler_falls_back_with_one_warning(tmp_path, monkeypatch, caplog) -> None:
+    import logging
+
+    from llvq.lattices import _ckernel
+
+    monkeypatch.setattr(_cpacked, "_KERNELS", [])
+    monkeypatch.setenv("LLVQ_CACHE", str(tmp_path))
+    monkeypatch.delenv("LLVQ_NO_CKERNEL", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no `cc`
+    with caplog.at_level(logging.WARNING, logger=_ckernel.__name__):
+        assert _cpacked.kernels() is None
+        assert _cpacked.kernels() is None
+    warned = [r.getMessage() for r in caplog.records if r.name == _ckernel.__name__]
+    assert len(warned) == 1 and "packed GLVQ kernels" in warned[0]
+    assert list(tmp_path.glob("*.so")) == []
