@@ -13,12 +13,14 @@ For each export (``llvq.llm.io.save_quantized``) and for the float32 model it ca
   glibc's ``malloc_trim`` before each reading), and the bytes of the
   model's parameters and buffers. ``packed`` is ``load_quantized(dir, packed=True)`` (codes
   kept at their bit widths, :class:`llvq.llm.packed.GLVQLinear`); ``dequantized`` is
-  ``load_quantized(dir)`` (float32 weights); ``fp16`` is the float32 model cast to float16
-  (memory only).
+  ``load_quantized(dir)`` (float32 weights); ``packed-int8`` is packed with
+  ``embeddings="int8"`` (the tied embedding table / output head as int8 rows, one scale per
+  row); ``fp16`` is the float32 model cast to float16 (memory only).
 * **speed**: in one process, the float32 model and the packed one generate ``--new-tokens``
   tokens greedily (``use_cache=True``) from the same prompts, taking turns ``--repeats`` times;
   tokens per second of each (median) and their ratio. The packed model's tokens are checked
-  against the dequantized model's (they should be the same: same weights up to float rounding).
+  against the dequantized model's (they should be the same: same weights up to float rounding;
+  for ``packed-int8``, against ``load_quantized(dir, embeddings="int8")``).
 * **perplexity** of the packed and the dequantized model on ``--eval-tokens`` held-out tokens.
 
 Writes ``bench/results/llm_packed.json``.
@@ -38,7 +40,8 @@ from pathlib import Path
 import torch
 from _report import machine_info, markdown_table, write_result
 
-MODEL = ["smollm2"]  # the float32 model the exports came from (--model)
+MODEL = ["smollm2"]
+PACKED = {"float32": "packed", "int8": "packed-int8"}  # embeddings -> variant  # the float32 model the exports came from (--model)
 
 
 def _rss() -> int:
@@ -59,6 +62,9 @@ def _tensor_bytes(model: torch.nn.Module) -> int:
     return total
 
 
+VARIANTS = ("fp32", "fp16", "dequantized", "packed", "packed-int8")
+
+
 def load(variant: str, export: str | None) -> torch.nn.Module:
     from llvq.llm.io import load_quantized
     from llvq.llm.models import load_causal_lm
@@ -69,7 +75,8 @@ def load(variant: str, export: str | None) -> torch.nn.Module:
             for t in model.parameters():
                 t.data = t.data.half()
         return model
-    model, _ = load_quantized(export, packed=variant == "packed")
+    model, _ = load_quantized(export, packed=variant.startswith("packed"),
+                              embeddings="int8" if variant.endswith("int8") else "float32")
     return model
 
 
@@ -96,12 +103,16 @@ def measure(variant: str, export: str | None) -> dict:
     gc.collect()
     _trim()
     after = _rss()
-    from llvq.llm.packed import GLVQLinear
+    from llvq.llm.packed import GLVQLinear, Int8Embedding, Int8Linear
 
     layers = [m for m in model.modules() if isinstance(m, GLVQLinear)]
+    tables = [m for m in model.modules() if isinstance(m, (Int8Embedding, Int8Linear))]
     return {"variant": variant, "export": export, "rss_bytes": after - before,
             "tensor_bytes": _tensor_bytes(model),
-            "packed_layer_bytes": sum(_tensor_bytes(m) for m in layers)}
+            "packed_layer_bytes": sum(_tensor_bytes(m) for m in layers),
+            "embedding_bytes": _tensor_bytes(torch.nn.ModuleList(tables)) if tables else
+            _tensor_bytes(torch.nn.ModuleList([model.get_input_embeddings(),
+                                               model.get_output_embeddings()]))}
 
 
 def _trim() -> None:
@@ -147,7 +158,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--export", nargs="+", default=[], help="GLVQ export directories")
     p.add_argument("--model", default="smollm2", help="the model the exports were made from")
-    p.add_argument("--measure", choices=["fp32", "fp16", "dequantized", "packed"],
+    p.add_argument("--measure", choices=VARIANTS,
                    help=argparse.SUPPRESS)  # internal: one model's memory, in a fresh process
     p.add_argument("--prompts", type=int, default=2, help="prompts (from the evaluation text)")
     p.add_argument("--prompt-len", type=int, default=32)
@@ -182,46 +193,53 @@ def main() -> None:
     for d in args.export:
         manifest = read_manifest(d)
         bits = manifest["size"]["bits_per_weight_file"]
-        for variant in ("dequantized", "packed"):
+        for variant in ("dequantized", "packed", "packed-int8"):
             memory.append(_subprocess_measure(variant, d))
-        packed, _ = load_quantized(d, packed=True)
-        deq, _ = load_quantized(d)
-        rates, ids = generate_speed({"fp32": fp, "packed": packed, "dequantized": deq}, prompts,
-                                    args.new_tokens, args.repeats)
+        models = {"fp32": fp, "dequantized": load_quantized(d)[0]}
+        for emb in ("float32", "int8"):
+            models[PACKED[emb]] = load_quantized(d, packed=True, embeddings=emb)[0]
+        ref_int8, _ = load_quantized(d, embeddings="int8")  # tokens check only
+        rates, ids = generate_speed(models, prompts, args.new_tokens, args.repeats)
+        _, ids_ref = generate_speed({"ref": ref_int8}, prompts, args.new_tokens, 1)
         ev = evaluation[: args.eval_tokens]
         with torch.inference_mode():
-            ppl_packed = perplexity(packed, ev, seq_len=512, batch_size=4, progress=False)["ppl"]
-            ppl_deq = perplexity(deq, ev, seq_len=512, batch_size=4, progress=False)["ppl"]
+            ppl = {k: perplexity(models[k], ev, seq_len=512, batch_size=4, progress=False)["ppl"]
+                   for k in ("dequantized", "packed", "packed-int8")}
         mem = {m["variant"]: m for m in memory if m["export"] == d}
-        fp_rate, packed_rate = statistics.median(rates["fp32"]), statistics.median(rates["packed"])
-        rows.append({
-            "export": d, "bits_per_weight": round(bits, 3),
-            "packed_rss_mb": round(mem["packed"]["rss_bytes"] / 2**20, 1),
-            "dequantized_rss_mb": round(mem["dequantized"]["rss_bytes"] / 2**20, 1),
-            "fp32_rss_mb": round(fp32_bytes / 2**20, 1),
-            "memory_vs_fp32": round(mem["packed"]["rss_bytes"] / fp32_bytes, 3),
-            "packed_tensor_mb": round(mem["packed"]["tensor_bytes"] / 2**20, 1),
-            "fp32_tensor_mb": round(memory[0]["tensor_bytes"] / 2**20, 1),
-            "packed_layers_mb": round(mem["packed"]["packed_layer_bytes"] / 2**20, 1),
-            "fp32_layers_mb": round(4 * sum(m["out_features"] * m["in_features"]
-                                            for m in manifest["layers"].values()) / 2**20, 1),
-            "fp32_tokens_per_s": round(fp_rate, 2), "packed_tokens_per_s": round(packed_rate, 2),
-            "dequantized_tokens_per_s": round(statistics.median(rates["dequantized"]), 2),
-            "speed_vs_fp32": round(packed_rate / fp_rate, 3),
-            "rates": rates,
-            "same_tokens_as_dequantized": bool(torch.equal(ids["packed"], ids["dequantized"])),
-            "ppl_packed": ppl_packed, "ppl_dequantized": ppl_deq,
-        })
-        print(f"{d}: {rows[-1]['memory_vs_fp32']:.3f} of fp32 memory, "
-              f"{rows[-1]['speed_vs_fp32']:.2f}x its tokens/s, ppl {ppl_packed:.3f} "
-              f"(dequantized {ppl_deq:.3f})")
-        del packed, deq
+        fp_rate = statistics.median(rates["fp32"])
+        for emb, variant in PACKED.items():
+            rate = statistics.median(rates[variant])
+            rows.append({
+                "export": d, "embeddings": emb, "bits_per_weight": round(bits, 3),
+                "packed_rss_mb": round(mem[variant]["rss_bytes"] / 2**20, 1),
+                "dequantized_rss_mb": round(mem["dequantized"]["rss_bytes"] / 2**20, 1),
+                "fp32_rss_mb": round(fp32_bytes / 2**20, 1),
+                "memory_vs_fp32": round(mem[variant]["rss_bytes"] / fp32_bytes, 3),
+                "packed_tensor_mb": round(mem[variant]["tensor_bytes"] / 2**20, 1),
+                "fp32_tensor_mb": round(memory[0]["tensor_bytes"] / 2**20, 1),
+                "packed_layers_mb": round(mem[variant]["packed_layer_bytes"] / 2**20, 1),
+                "embedding_mb": round(mem[variant]["embedding_bytes"] / 2**20, 1),
+                "fp32_layers_mb": round(4 * sum(m["out_features"] * m["in_features"]
+                                                for m in manifest["layers"].values()) / 2**20, 1),
+                "fp32_tokens_per_s": round(fp_rate, 2), "packed_tokens_per_s": round(rate, 2),
+                "dequantized_tokens_per_s": round(statistics.median(rates["dequantized"]), 2),
+                "speed_vs_fp32": round(rate / fp_rate, 3),
+                "rates": {k: rates[k] for k in ("fp32", "dequantized", variant)},
+                "same_tokens_as_dequantized": bool(torch.equal(
+                    ids[variant], ids["dequantized"] if emb == "float32" else ids_ref["ref"])),
+                "ppl_packed": ppl[variant], "ppl_dequantized": ppl["dequantized"],
+            })
+            print(f"{d} ({emb} embeddings): {rows[-1]['memory_vs_fp32']:.3f} of fp32 memory, "
+                  f"{rows[-1]['speed_vs_fp32']:.2f}x its tokens/s, ppl {ppl[variant]:.3f} "
+                  f"(dequantized {ppl['dequantized']:.3f})")
+        del models, ref_int8
         gc.collect()
         write_result(args.name, {
             "machine": machine_info(), "model": MODEL[0], "memory": memory, "rows": rows,
             "prompts": args.prompts, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
             "repeats": args.repeats, "eval_tokens": args.eval_tokens})
-    print(markdown_table(rows, ["export", "bits_per_weight", "packed_layers_mb", "fp32_layers_mb",
+    print(markdown_table(rows, ["export", "embeddings", "bits_per_weight", "packed_layers_mb",
+                                "embedding_mb", "fp32_layers_mb",
                                 "packed_tensor_mb", "fp32_tensor_mb", "packed_rss_mb",
                                 "fp32_rss_mb", "memory_vs_fp32", "packed_tokens_per_s", "fp32_tokens_per_s",
                                 "speed_vs_fp32", "ppl_packed", "ppl_dequantized"]))

@@ -8,6 +8,9 @@ bits, stored row by row in bit planes (the layout is in the C source and in
 
 over the groups not flagged ``skip``; ``code_unpack`` writes ``code - offset[g]`` as float32 into
 an ``(out, M * gs)`` matrix (for many tokens at once, where a matrix product wins).
+``int8_matvec`` multiplies rows of int8 with one scale each (an embedding table stored in int8
+and used as the output head, :class:`llvq.llm.packed.Int8Linear`) by up to ``MAX_TOKENS``
+vectors; ``fwht`` is the fast Walsh–Hadamard transform of incoherence processing.
 
 Built and cached like :mod:`llvq.lattices._cfast` (``cc -O3 -march=native``, then plain ``-O3``;
 ``$LLVQ_CACHE``; ``LLVQ_NO_CKERNEL=1`` disables it). :func:`kernels` returns ``None`` when no
@@ -90,7 +93,11 @@ static inline float acc_sum(const acc_t *a) {
     for (int l = 0; l < 8; ++l) s += a->lane[l];
     return s;
 }
-static inline __attribute__((always_inline)) void plane_acc(const uint8_t *p, const float *z, int gs, int W, int shift, acc_t *acc) {
+static inline void acc_add_scaled(acc_t *acc, const acc_t *p, float s) {
+    for (int l = 0; l < 8; ++l) acc->lane[l] += p->lane[l] * s;
+    acc->tail += p->tail * s;
+}
+static inline __attribute__((always_inline)) void plane_acc(const uint8_t *p, const float *z, int gs, int W, acc_t *acc) {
     const int per = 8 / W, nb = plane_bytes(gs, W);
     const unsigned mask = (1u << W) - 1u;
     for (int k = 0; k < per; ++k) {
@@ -170,6 +177,42 @@ void code_unpack(long r0, long r1, int M, int gs, const int32_t *bits, const int
     }
 }
 
+/* y[t * ys + r] = scale[r] * sum_j w[r * n + j] * x[t * n + j] for rows r0 <= r < r1 and
+   tokens t < T <= 8: rows of int8 with one scale each (an embedding table used as the head). */
+void int8_matvec(long r0, long r1, int T, int n, const int8_t *w, const float *scale,
+                 const float *x, float *y, long ys) {
+    for (long r = r0; r < r1; ++r) {
+        const int8_t *row = w + r * n;
+        float sum[8];
+#if defined(__AVX2__) && defined(__FMA__)
+        __m256 acc[8];
+        for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+        int j = 0;
+        for (; j + 8 <= n; j += 8) {
+            const __m256 v = _mm256_cvtepi32_ps(
+                _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(row + j))));
+            for (int t = 0; t < T; ++t)
+                acc[t] = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + (long)t * n + j), acc[t]);
+        }
+        for (int t = 0; t < T; ++t) {
+            __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
+            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+            sum[t] = _mm_cvtss_f32(h);
+        }
+#else
+        int j = 0;
+        for (int t = 0; t < T; ++t) sum[t] = 0.0f;
+#endif
+        for (int t = 0; t < T; ++t) {
+            const float *xt = x + (long)t * n;
+            float s = sum[t];
+            for (int i = j; i < n; ++i) s += (float)row[i] * xt[i];
+            y[t * ys + r] = s * scale[r];
+        }
+    }
+}
+
 /* In place, for each of `count` matrices (n, m) (row-major): x <- H_n x * norm (n = 2^k). */
 void fwht(long count, int n, int m, float *x, float norm) {
     for (long c = 0; c < count; ++c) {
@@ -196,6 +239,7 @@ _SIGNATURES = {
     "code_matvec": [_L, _L, _I, _I, _I, _VP, _VP, _VP, _VP, _VP, _VP, _VP, _L],
     "code_unpack": [_L, _L, _I, _I, _VP, _VP, _VP, _VP, _VP, _VP, _VP],
     "fwht": [_L, _I, _I, _VP, _F],
+    "int8_matvec": [_L, _L, _I, _I, _VP, _VP, _VP, _VP, _L],
 }
 
 

@@ -212,7 +212,43 @@ def read_manifest(directory: str | Path) -> dict:
     return manifest
 
 
-def load_quantized(directory: str | Path, packed: bool = False) -> tuple[nn.Module, Any]:
+EMBEDDINGS = ("float32", "int8")
+
+
+def _store_embeddings(model: nn.Module, embeddings: str, packed: bool) -> None:
+    """Keep the input embedding table and the output head (tied or not) as ``embeddings``.
+
+    ``"int8"``: per-row symmetric int8 (:func:`llvq.llm.packed.int8_rows`, 8 bits per entry plus
+    a float32 scale per row). Packed, the model holds :class:`~llvq.llm.packed.Int8Embedding`
+    and :class:`~llvq.llm.packed.Int8Linear` sharing one table when tied; not packed, the
+    float32 weights are replaced by their int8 round trip (the same model, for checks).
+    """
+    if embeddings == "float32":
+        return
+    from llvq.llm.packed import Int8Embedding, Int8Linear, int8_rows
+
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    if not isinstance(inp, nn.Embedding) or (out is not None and not isinstance(out, nn.Linear)):
+        raise ValueError(f"load_quantized: embeddings={embeddings!r} needs an nn.Embedding input "
+                         f"table and an nn.Linear head, got {type(inp).__name__} and "
+                         f"{type(out).__name__}")
+    tied = out is not None and out.weight.data_ptr() == inp.weight.data_ptr()
+    q, s = int8_rows(inp.weight.detach())
+    if out is not None:
+        qo, so = (q, s) if tied else int8_rows(out.weight.detach())
+    if not packed:
+        with torch.no_grad():
+            inp.weight.copy_(q.float() * s[:, None])
+            if out is not None and not tied:
+                out.weight.copy_(qo.float() * so[:, None])
+        return
+    model.set_input_embeddings(Int8Embedding(q, s, inp.padding_idx))
+    if out is not None:
+        model.set_output_embeddings(Int8Linear(qo, so, out.bias))
+
+
+def load_quantized(directory: str | Path, packed: bool = False,
+                   embeddings: str = "float32") -> tuple[nn.Module, Any]:
     """Rebuild ``(model, tokenizer)`` from an export.
 
     Args:
@@ -221,7 +257,15 @@ def load_quantized(directory: str | Path, packed: bool = False) -> tuple[nn.Modu
             ``nn.Linear`` (float32, as large in memory as the original). ``True``: each becomes a
             :class:`llvq.llm.packed.GLVQLinear` that keeps the codes packed and decodes on the
             fly (same outputs within float32 rounding, a fraction of the memory).
+        embeddings: how the input embedding table and the output head (not quantized by GLVQ;
+            a fifth of SmolLM2's float32 size) are kept: ``"float32"`` as exported, or
+            ``"int8"`` (per-row symmetric int8 with a float32 scale per row, about a quarter of
+            the memory; tied tables stay shared). Packed, the int8 rows are used directly;
+            not packed, the float32 weights become their int8 round trip.
     """
+    if embeddings not in EMBEDDINGS:
+        raise ValueError(f"load_quantized: `embeddings` must be one of {EMBEDDINGS}, got "
+                         f"{embeddings!r}")
     from transformers import AutoConfig, AutoModelForCausalLM
 
     d = Path(directory)
@@ -279,6 +323,7 @@ def load_quantized(directory: str | Path, packed: bool = False) -> tuple[nn.Modu
     left += [k for k, p in model.named_parameters() if p.is_meta and k not in left]
     if left:
         raise ValueError(f"export {d} lacks tensors the model needs: {left[:5]}")
+    _store_embeddings(model, embeddings, packed)
     model.eval()
     model.config.use_cache = False
     return model, load_tokenizer(d / TOKENIZER)

@@ -45,7 +45,8 @@ from llvq.quantizers.glvq import (
     mu_to_logit,
 )
 
-__all__ = ["GLVQLinear", "pack_rows", "planes", "row_bytes", "unpack_rows"]
+__all__ = ["GLVQLinear", "Int8Embedding", "Int8Linear", "int8_rows", "pack_rows", "planes",
+           "row_bytes", "unpack_rows"]
 
 _POOL: list[ThreadPoolExecutor] = []
 
@@ -59,6 +60,18 @@ def _pool() -> ThreadPoolExecutor | None:
             _POOL.pop().shutdown(wait=False)
         _POOL.append(ThreadPoolExecutor(threads, thread_name_prefix="llvq-packed"))
     return _POOL[0]
+
+
+def _split_rows(run, rows: int) -> None:
+    """``run(r0, r1)`` over ``[0, rows)``, split over :func:`_pool`'s threads (ctypes releases
+    the GIL) when there are enough rows."""
+    pool = _pool()
+    if pool is None or rows < 64:
+        run(0, rows)
+        return
+    n = pool._max_workers
+    bounds = [rows * i // n for i in range(n + 1)]
+    list(pool.map(run, bounds[:-1], bounds[1:]))
 
 
 def planes(bits: int) -> list[tuple[int, int]]:
@@ -272,13 +285,7 @@ class GLVQLinear(nn.Module):
                                y.data_ptr(),
                                self.out_features)
 
-        pool = _pool()
-        if pool is None or self.out_features < 64:
-            run(0, self.out_features)
-        else:
-            n = pool._max_workers
-            bounds = [self.out_features * i // n for i in range(n + 1)]
-            list(pool.map(run, bounds[:-1], bounds[1:]))
+        _split_rows(run, self.out_features)
         return y - const[:, None]
 
     def code_matrix(self) -> Tensor:
@@ -325,3 +332,90 @@ class GLVQLinear(nn.Module):
                 f"group_size={self.group_size}, d={self.lattice_dim}, bits={widths}, "
                 f"dense_groups={len(self.dense_groups)}, "
                 f"incoherence={self.rotation_seed is not None}, bias={self.bias is not None}")
+
+
+# -- int8 embedding table and output head ---------------------------------------------------------
+def int8_rows(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric per-row int8: ``(q, s)`` with ``q = round(w / s)`` in ``[-127, 127]`` and
+    ``s = max_j |w_rj| / 127`` (float32; 1 for an all-zero row). ``q * s[:, None]`` is the
+    weight to within half a step per entry; 8 bits per entry plus 32 per row."""
+    if weight.ndim != 2:
+        raise ValueError(f"int8_rows: expected a 2-D weight, got shape {tuple(weight.shape)}")
+    scale = torch.empty(weight.shape[0])
+    q = torch.empty(weight.shape, dtype=torch.int8)
+    for r0 in range(0, weight.shape[0], 4096):  # in chunks: no full float32 copy
+        w = weight[r0:r0 + 4096].float()
+        if not bool(torch.isfinite(w).all()):
+            raise ValueError("int8_rows: the weight holds NaN or inf")
+        s = w.abs().amax(1) / 127
+        s = torch.where(s > 0, s, torch.ones_like(s))
+        q[r0:r0 + 4096] = torch.round(w / s[:, None]).clamp_(-127, 127).to(torch.int8)
+        scale[r0:r0 + 4096] = s
+    return q, scale
+
+
+class Int8Embedding(nn.Module):
+    """An embedding table kept as int8 rows with one float32 scale each (:func:`int8_rows`);
+    a lookup returns ``q[ids] * s[ids]`` in float32. It may share ``q`` and ``s`` with the
+    output head (:class:`Int8Linear`) when the model ties them."""
+
+    def __init__(self, q: Tensor, scale: Tensor, padding_idx: int | None = None) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = q.shape
+        self.padding_idx = padding_idx
+        self.register_buffer("q", q)
+        self.register_buffer("scale", scale)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.q[ids].float() * self.scale[ids].unsqueeze(-1)
+
+    def dequantized_weight(self) -> Tensor:
+        return self.q.float() * self.scale[:, None]
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8 rows"
+
+
+class Int8Linear(nn.Module):
+    """``y = x W^T (+ b)`` with ``W`` kept as int8 rows and one float32 scale per row: the output
+    head of a model whose (tied) embedding table is stored in int8. Up to ``MAX_TOKENS``
+    vectors go through a C kernel that reads the int8 rows directly; more are multiplied by
+    float32 blocks of 4096 rows (torch path without a compiler: blocks always)."""
+
+    def __init__(self, q: Tensor, scale: Tensor, bias: Tensor | None = None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = q.shape
+        self.register_buffer("q", q)
+        self.register_buffer("scale", scale)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float(),
+                                                           requires_grad=False)
+
+    def forward_float(self, x: Tensor) -> Tensor:
+        """:meth:`forward` on a float32 ``(T, in)`` input."""
+        fns, t = kernels(), x.shape[0]
+        if fns is not None and t <= MAX_TOKENS:
+            x = x.contiguous()
+            y = torch.empty(t, self.out_features)
+
+            def run(r0: int, r1: int) -> None:
+                fns["int8_matvec"](r0, r1, t, self.in_features, self.q.data_ptr(),
+                                   self.scale.data_ptr(), x.data_ptr(), y.data_ptr(),
+                                   self.out_features)
+
+            _split_rows(run, self.out_features)
+        else:
+            y = torch.cat([F.linear(x, self.q[r0:r0 + 4096].float() * self.scale[r0:r0 + 4096, None])
+                           for r0 in range(0, self.out_features, 4096)], dim=1)
+        return y if self.bias is None else y + self.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        y = self.forward_float(x.reshape(-1, self.in_features).float())
+        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+    def dequantized_weight(self) -> Tensor:
+        return self.q.float() * self.scale[:, None]
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, int8 rows, "
+                f"bias={self.bias is not None}")

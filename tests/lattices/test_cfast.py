@@ -167,3 +167,18 @@ def test_portable_build_equals_torch(dtype: torch.dtype, tmp_path, monkeypatch) 
             assert torch.equal(_cfast.decode_dn(x), fast._decode_dn_torch(x))
             if n % 2 == 0:
                 assert torch.equal(_cfast.decode_dn_plus(x), _torch_dn_plus(n)(x))
+
+
+def test_portable_build_compiles_warning_free(tmp_path, monkeypatch) -> None:
+    """The fallback build (no -march=native) compiles and gives the torch decoders' points."""
+    import shutil
+
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler")
+    monkeypatch.setattr(_cfast, "_FLAGS", (["-O3", "-ffp-contract=off", "-Wall", "-Werror"],))
+    monkeypatch.setattr(_cfast, "_KERNELS", [])
+    monkeypatch.setenv("LLVQ_CACHE", str(tmp_path))
+    monkeypatch.delenv("LLVQ_NO_CKERNEL", raising=False)
+    assert _cfast.kernels() is not None
+    x = torch.randn(300, 8) * 3
+    assert torch.equal(get_lattice("E8").closest_point(x), _torch_dn_plus(8)(x))

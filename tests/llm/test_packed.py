@@ -11,7 +11,16 @@ import torch.nn.functional as F
 from llvq.llm import _cpacked
 from llvq.llm.groups import dequantize
 from llvq.llm.incoherence import unrotate
-from llvq.llm.packed import GLVQLinear, pack_rows, planes, row_bytes, unpack_rows
+from llvq.llm.packed import (
+    GLVQLinear,
+    Int8Embedding,
+    Int8Linear,
+    int8_rows,
+    pack_rows,
+    planes,
+    row_bytes,
+    unpack_rows,
+)
 
 
 @pytest.fixture(params=["c", "torch"])
@@ -125,3 +134,99 @@ def test_no_compiler_falls_back_with_one_warning(tmp_path, monkeypatch, caplog) 
     warned = [r.getMessage() for r in caplog.records if r.name == _ckernel.__name__]
     assert len(warned) == 1 and "packed GLVQ kernels" in warned[0]
     assert list(tmp_path.glob("*.so")) == []
+
+
+def test_portable_kernels_build_and_agree(tmp_path, monkeypatch) -> None:
+    """The fallback build (no -march=native: no AVX2 path) compiles warning-free and gives the
+    same products."""
+    import shutil
+
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler")
+    monkeypatch.setattr(_cpacked, "_FLAGS", (["-O3", "-Wall", "-Werror"],))
+    monkeypatch.setattr(_cpacked, "_KERNELS", [])
+    monkeypatch.setenv("LLVQ_CACHE", str(tmp_path))
+    monkeypatch.delenv("LLVQ_NO_CKERNEL", raising=False)
+    assert _cpacked.kernels() is not None
+    lin, w, b = _layer(48, 384, [2, 3, 4, 2, 8, 5], [False, True] + [False] * 4, 7, bias=True)
+    x = torch.randn(3, 384)
+    top = F.linear(x, w, b).abs().max()
+    torch.testing.assert_close(lin(x) / top, F.linear(x, w, b) / top, atol=1e-6, rtol=0)
+    q, s = int8_rows(torch.randn(70, 100))
+    head = Int8Linear(q, s)
+    torch.testing.assert_close(head(x[:, :100]), F.linear(x[:, :100], head.dequantized_weight()),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_int8_rows_round_trip() -> None:
+    w = torch.randn(300, 40) * torch.rand(300, 1)
+    w[5] = 0
+    q, s = int8_rows(w)
+    assert q.dtype == torch.int8 and int(q.abs().max()) == 127 and s[5] == 1
+    assert bool(((q.float() * s[:, None] - w).abs() <= s[:, None] / 2 + 1e-7).all())
+    w[7, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        int8_rows(w)
+
+
+@pytest.mark.parametrize("tokens", [1, 5, 20])
+def test_int8_head_equals_its_dequantized_weight(kernel: str, tokens: int) -> None:
+    g = torch.Generator().manual_seed(tokens)
+    q, s = int8_rows(torch.randn(5000, 100, generator=g))  # 100: a tail after 8-wide steps
+    bias = torch.randn(5000, generator=g)
+    head = Int8Linear(q, s, bias)
+    x = torch.randn(2, tokens, 100, generator=g)
+    want = F.linear(x, q.float() * s[:, None], bias)
+    torch.testing.assert_close(head(x), want, atol=1e-4, rtol=1e-4)
+    assert head(x.half()).dtype == torch.float16
+    emb = Int8Embedding(q, s)
+    ids = torch.tensor([[0, 4999, 17]])
+    assert torch.equal(emb(ids), (q.float() * s[:, None])[ids])
+
+
+def test_tiny_llama_with_int8_embeddings(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    from llvq.llm.io import load_quantized, save_quantized
+    from tests.llm.test_glvq import TINY, _calib, _quantized_tiny
+
+    model, tok, ptq = _quantized_tiny(3, TINY)
+    save_quantized(tmp_path / "q", model, ptq.results, tok, TINY.group_size)
+    with pytest.raises(ValueError, match="embeddings"):
+        load_quantized(tmp_path / "q", embeddings="int4")
+    full, _ = load_quantized(tmp_path / "q")
+    ref, _ = load_quantized(tmp_path / "q", embeddings="int8")
+    packed, _ = load_quantized(tmp_path / "q", packed=True, embeddings="int8")
+    inp, out = packed.get_input_embeddings(), packed.get_output_embeddings()
+    assert isinstance(inp, Int8Embedding) and isinstance(out, Int8Linear)
+    tied = full.get_output_embeddings().weight.data_ptr() == \
+        full.get_input_embeddings().weight.data_ptr()
+    assert (out.q is inp.q) == tied
+    w = full.get_input_embeddings().weight.detach()
+    err = (ref.get_input_embeddings().weight.detach() - w).abs().max()
+    assert float(err) > 0 and float(err) <= \
+        float(w.abs().max()) / 254 + 1e-7  # rounded, by at most half a step
+    x = _calib(2, 48, seed=3)
+    torch.testing.assert_close(packed(x).logits, ref(x).logits, atol=1e-4, rtol=1e-4)
+    prompt = x[:1, :8]
+    kw = {"max_new_tokens": 12, "do_sample": False, "use_cache": True, "pad_token_id": 0}
+    assert torch.equal(packed.generate(prompt, **kw), ref.generate(prompt, **kw))
+
+
+def test_tied_embeddings_share_one_int8_table() -> None:
+    transformers = pytest.importorskip("transformers")
+    from llvq.llm.io import _store_embeddings
+
+    config = transformers.LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128,
+                                      num_hidden_layers=1, num_attention_heads=4,
+                                      num_key_value_heads=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    ref = transformers.LlamaForCausalLM(config).eval()
+    packed = transformers.LlamaForCausalLM(config).eval()
+    packed.load_state_dict(ref.state_dict())
+    _store_embeddings(ref, "int8", packed=False)
+    _store_embeddings(packed, "int8", packed=True)
+    assert packed.get_output_embeddings().q is packed.get_input_embeddings().q
+    assert ref.get_output_embeddings().weight is ref.get_input_embeddings().weight
+    x = torch.randint(0, 300, (2, 10))
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x).logits, ref(x).logits, atol=1e-4, rtol=1e-4)
