@@ -10,6 +10,11 @@
 A baseline name is ``<baseline>-<bits>`` with optional `` g<group size>`` (default
 ``--group-size``) and `` act-order`` (GPTQ's column order); calibrated baselines (GPTQ) run
 block by block on the calibration windows GLVQ uses (:func:`llvq.llm.ptq.quantize_with_baseline`).
+A name ending in `` +tune`` (``"glvq-2 incoherence +tune"``, ``"gptq-2 +tune"``) then tunes the
+float parameters left (norm weights) against the full-precision model on the calibration
+windows (:func:`llvq.llm.tune.tune_float_parameters`, ``--tune-steps`` Adam steps at
+``--tune-lr``, 2 slices of 256 tokens per step): the row has ``ppl_untuned`` and ``ppl``. Any
+method can be tuned the same way, so GLVQ + tuning is compared with GPTQ + tuning.
 ``--plot`` draws perplexity against bits per weight for every method of the run and of the
 ``--merge`` result files.
 
@@ -54,7 +59,8 @@ from llvq.llm.baselines import LLM_BASELINES, apply_baseline
 from llvq.llm.eval import perplexity
 from llvq.llm.models import load_causal_lm, quantizable_linears
 from llvq.llm.ptq import BlockwisePTQ, layer_storage_bits, quantize_with_baseline
-from llvq.llm.settings import GLVQSettings
+from llvq.llm.settings import GLVQSettings, TuneSettings
+from llvq.llm.tune import tunable_parameters, tune_float_parameters
 
 # name -> (method, bits, compand, salience[, error feedback | more GLVQSettings]); a method other than fp and glvq
 # is an LLM_BASELINES name (llvq.llm.baselines), so `<baseline>-<bits>` works for any of them
@@ -85,6 +91,7 @@ GRID = {
 
 
 ROOT = Path(__file__).resolve().parents[1]
+TUNE = " +tune"  # name suffix: tune the float parameters left after quantizing
 PEER_NAME = re.compile(r"gptqmodel-(?P<bits>\d+)(?: g(?P<group>\d+))?(?P<act> act-order)?(?P<asym> asym)?")
 GLVQ_NAME = re.compile(r"glvq-(?P<bits>\d+(?:\.\d+)?)(?P<inc> incoherence)?")
 BASELINE_NAME = re.compile(r"(?P<method>[\w.]+)-(?P<bits>\d+)(?: g(?P<group>\d+))?(?P<act> act-order)?")
@@ -213,9 +220,14 @@ def run_gptqmodel(model: torch.nn.Module, tok, calib: torch.Tensor, name: str,
 
 
 def restore(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Put back the full-precision linear weights (and norms, which tuning changes)."""
+    params = dict(model.named_parameters())
     with torch.no_grad():
         for k, m in quantizable_linears(model).items():
             m.weight.copy_(weights[k])
+        for k, w in weights.items():
+            if k in params:
+                params[k].copy_(w)
 
 
 def main() -> None:
@@ -230,6 +242,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, help="names from the grid")
     ap.add_argument("--seed", type=int, default=0, help="calibration windows (and tiny model)")
     ap.add_argument("--name", default="llm_ptq", help="result file stem")
+    ap.add_argument("--tune-steps", type=int, default=100, help="Adam steps of a ' +tune' name")
+    ap.add_argument("--tune-lr", type=float, default=2e-3)
     ap.add_argument("--plot", action="store_true", help="write bench/results/<name>.png")
     ap.add_argument("--merge", nargs="*", default=[], metavar="JSON",
                     help="more result files whose rows go into the plot")
@@ -248,7 +262,8 @@ def main() -> None:
 
     names = args.only or list(GRID)
     grid = dict(GRID)
-    for n in names:  # <baseline>-<bits>[ g<group>][ act-order] for any registered baseline
+    tuned = {n for n in names if n.endswith(TUNE)}
+    for n in [n.removesuffix(TUNE) for n in names]:  # <baseline>-<bits>[ g<group>][ act-order] for any registered baseline
         match = BASELINE_NAME.fullmatch(n)
         if n not in grid and match and match["method"] in LLM_BASELINES:
             grid[n] = (match["method"], int(match["bits"]), None, None)
@@ -257,11 +272,12 @@ def main() -> None:
             grid[n] = ("glvq", float(g["bits"]), True, True, {"incoherence": bool(g["inc"])})
         elif n not in grid and PEER_NAME.fullmatch(n):
             grid[n] = ("gptqmodel", int(PEER_NAME.fullmatch(n)["bits"]), None, None)
-    unknown = [n for n in names if n not in grid]
+    unknown = [n for n in names if n.removesuffix(TUNE) not in grid]
     if unknown:
         raise SystemExit(f"unknown configurations {unknown}; known: {list(GRID)} and "
                          f"<baseline>-<bits> for the baselines {LLM_BASELINES.names()}, "
-                         f"glvq-<bits>[ incoherence] and gptqmodel-<bits>")
+                         f"glvq-<bits>[ incoherence] and gptqmodel-<bits>, each with an "
+                         f"optional '{TUNE}'")
     t0 = time.time()
     model, tok = load_causal_lm(args.model, seed=args.seed)
     load_s = time.time() - t0
@@ -270,6 +286,8 @@ def main() -> None:
     calib, evaluation = text.calibration_tokens(tok), text.evaluation_tokens(tok)
     fp = {k: m.weight.detach().clone() for k, m in quantizable_linears(model).items()}
     numel = sum(w.numel() for w in fp.values())
+    fp.update({k: p.detach().clone() for k, p in tunable_parameters(model).items()})
+    teacher = load_causal_lm(args.model, seed=args.seed)[0] if tuned else None
     print(f"{args.model}: {numel / 1e6:.1f}M weights in {len(fp)} linear layers; loaded in "
           f"{load_s:.0f} s; calibration {tuple(calib.shape)}, evaluation {evaluation.numel()} tokens")
 
@@ -279,7 +297,7 @@ def main() -> None:
     rows = []
     peer_dir = Path(tempfile.mkdtemp(prefix="llvq-gptqmodel-"))
     for name in names:
-        method, bits, compand, salience, *rest = grid[name]
+        method, bits, compand, salience, *rest = grid[name.removesuffix(TUNE)]
         extra = rest[0] if rest and isinstance(rest[0], dict) else {}
         feedback = rest[0] if rest and isinstance(rest[0], bool) else True
         restore(model, fp)
@@ -288,7 +306,7 @@ def main() -> None:
         if method == "fp":
             row.update(bits_per_weight=32.0)
         elif method == "gptqmodel":
-            row.update(run_gptqmodel(model, tok, calib, name, args.group_size, args.peer_python,
+            row.update(run_gptqmodel(model, tok, calib, name.removesuffix(TUNE), args.group_size, args.peer_python,
                                      peer_dir))
         elif method == "glvq":
             s = GLVQSettings(group_size=args.group_size, lattice_dim=args.lattice_dim,
@@ -307,7 +325,7 @@ def main() -> None:
                        compand_share=float(sum(r.compand.float().mean() for r in ptq.results.values())
                                            / len(errs)))
         else:  # a registered baseline, from the full-precision weights
-            options = baseline_options(name, args.group_size)
+            options = baseline_options(name.removesuffix(TUNE), args.group_size)
             baseline = LLM_BASELINES.build(method, bits=bits, **options)
             row.update(options)
             if getattr(baseline, "calibrated", False):  # GPTQ: block by block, same windows
@@ -318,6 +336,15 @@ def main() -> None:
             info.pop("weights")
             row.update(info)
         row["quantize_s"] = round(time.time() - start, 1)
+        if name in tuned:
+            row["ppl_untuned"] = ppl(model)
+            t = time.time()
+            losses = tune_float_parameters(model, teacher, calib, TuneSettings(
+                steps=args.tune_steps, lr=args.tune_lr, seq_len=min(256, args.seq_len),
+                seed=args.seed))
+            row.update(tune_steps=args.tune_steps, tune_lr=args.tune_lr,
+                       tune_loss_first=losses[0], tune_loss_last=losses[-1],
+                       tune_s=round(time.time() - t, 1))
         row["ppl"] = ppl(model)
         row["seconds"] = round(time.time() - start, 1)
         rows.append(row)
@@ -332,6 +359,8 @@ def main() -> None:
             "seed": args.seed, "complete": len(rows) == len(names), "rows": rows})
 
     cols = ["config", "bits_per_weight", "ppl", "quantize_s", "seconds"]
+    if tuned:
+        cols.insert(2, "ppl_untuned")
     print()
     print(markdown_table(rows, cols))
     print(f"wrote {path}")

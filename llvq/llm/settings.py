@@ -19,7 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from llvq.llm.baselines import LLM_BASELINES
 
-__all__ = ["EvalSettings", "GLVQSettings", "LMSpec", "PTQConfig", "from_options"]
+__all__ = ["EvalSettings", "GLVQSettings", "LMSpec", "PTQConfig", "TuneSettings", "from_options"]
 
 LATTICE_DIMS = (2, 4, 8, 16, 32)
 #: the largest ``model.bits``: a group is coded with at most 8 bits per weight
@@ -198,6 +198,38 @@ class EvalSettings:
 
 
 @dataclass
+class TuneSettings:
+    """Short tuning of the float parameters left after quantization (``model.tune``).
+
+    After the last block, the parameters that are neither quantized weights nor the embedding
+    table / head (:func:`llvq.llm.tune.tunable_parameters`: norm weights and biases; 35k of
+    SmolLM2's 135M) are trained with Adam to match the full-precision model's next-token
+    distributions (KL divergence per token) on random windows of the calibration text. The
+    codes and side information do not change, nor does the rate.
+
+    Attributes:
+        steps: Adam steps (0: off, the default).
+        lr: Adam learning rate.
+        batch_size: calibration windows per step.
+        seq_len: tokens per window (a random slice of a calibration window).
+        seed: draws the windows and slices.
+    """
+
+    steps: int = 0
+    lr: float = 2e-3
+    batch_size: int = 2
+    seq_len: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _int("model.tune.steps", self.steps, 0)
+        _number("model.tune.lr", self.lr, 0.0, strict=True)
+        _int("model.tune.batch_size", self.batch_size, 1)
+        _int("model.tune.seq_len", self.seq_len, 2)
+        _int("model.tune.seed", self.seed, 0)
+
+
+@dataclass
 class PTQConfig:
     """One LLM post-training quantization run (``model.*`` of ``model=llm_ptq``).
 
@@ -209,6 +241,8 @@ class PTQConfig:
         glvq: the per-layer optimisation (:class:`GLVQSettings`).
         calib_batch_size: calibration windows per forward pass.
         eval: the final evaluation (:class:`EvalSettings`).
+        tune: tuning of the remaining float parameters after the last block
+            (:class:`TuneSettings`; off by default).
         export_dir: where the quantized model is written (``None``: ``<output_dir>/quantized``).
         seed: seeds the tiny model (the text module has its own seed).
     """
@@ -219,6 +253,7 @@ class PTQConfig:
     glvq: GLVQSettings = field(default_factory=GLVQSettings)
     calib_batch_size: int = 4
     eval: EvalSettings = field(default_factory=EvalSettings)
+    tune: TuneSettings = field(default_factory=TuneSettings)
     export_dir: str | None = None
     seed: int = 0
 
@@ -226,6 +261,7 @@ class PTQConfig:
         self.lm = from_options(LMSpec, self.lm, "model.lm")
         self.glvq = from_options(GLVQSettings, self.glvq, "model.glvq")
         self.eval = from_options(EvalSettings, self.eval, "model.eval")
+        self.tune = from_options(TuneSettings, self.tune, "model.tune")
         _number("model.bits", self.bits, 1.0)
         if self.bits > MAX_BITS:
             raise ValueError(f"model.bits must be a number in [1, {MAX_BITS:g}] (GLVQ codes take at "

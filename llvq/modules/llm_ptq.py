@@ -14,6 +14,7 @@ the export (:func:`llvq.llm.io.save_quantized`). The settings are one nested
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -31,7 +32,8 @@ from llvq.llm.groups import LayerResult, dequantize
 from llvq.llm.io import save_quantized
 from llvq.llm.models import load_causal_lm, quantizable_linears
 from llvq.llm.ptq import BlockwisePTQ, dist_rank_world, layer_storage_bits, quantize_with_baseline
-from llvq.llm.settings import EvalSettings, GLVQSettings, LMSpec, PTQConfig
+from llvq.llm.settings import EvalSettings, GLVQSettings, LMSpec, PTQConfig, TuneSettings
+from llvq.llm.tune import tune_float_parameters
 from llvq.modules.step_job import StepJob
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,8 @@ class LLMPTQModule(StepJob):
         glvq: the per-layer optimisation (:class:`~llvq.llm.settings.GLVQSettings`).
         calib_batch_size: calibration windows per forward pass.
         eval: the final evaluation (:class:`~llvq.llm.settings.EvalSettings`).
+        tune: tuning of the float parameters left after the last block
+            (:class:`~llvq.llm.settings.TuneSettings`; ``steps=0``: off).
         export_dir: where the quantized model is written (``None``: ``<output_dir>/quantized``).
         seed: seeds the tiny model.
         config: a ready :class:`~llvq.llm.settings.PTQConfig` (then no other setting is given).
@@ -84,12 +88,12 @@ class LLMPTQModule(StepJob):
     def __init__(self, lm: LMSpec | dict | None = None, text: Any = None, bits: float = 2.0,
                  salience: bool = True, glvq: GLVQSettings | dict | None = None,
                  calib_batch_size: int = 4, eval: EvalSettings | dict | None = None,
-                 export_dir: str | None = None, seed: int = 0,
-                 config: PTQConfig | None = None) -> None:
+                 tune: TuneSettings | dict | None = None, export_dir: str | None = None,
+                 seed: int = 0, config: PTQConfig | None = None) -> None:
         super().__init__()
         if config is None:
             config = PTQConfig(lm=lm, bits=bits, salience=salience, glvq=glvq,
-                               calib_batch_size=calib_batch_size, eval=eval,
+                               calib_batch_size=calib_batch_size, eval=eval, tune=tune,
                                export_dir=export_dir, seed=seed)
         elif not isinstance(config, PTQConfig):
             raise TypeError(f"config must be a PTQConfig, got {type(config).__name__}")
@@ -228,10 +232,28 @@ class LLMPTQModule(StepJob):
             self.final["final/ppl_fp"] = self.fp_metrics["ppl"]
         if cfg.eval.baselines and cfg.bits.is_integer():
             self.final.update(self._baseline_metrics(int(cfg.bits)))
+        if cfg.tune.steps > 0:
+            self._tune()
         for k, v in self.final.items():
             self.log(k, v, on_step=True, batch_size=1)
         if self.trainer.is_global_zero and not self.trainer.fast_dev_run:
             self.export()
+
+    def _tune(self) -> None:
+        """Tune the float parameters left (``model.tune``) against a fresh full-precision copy;
+        ``final/ppl`` becomes the tuned model's, ``final/ppl_untuned`` keeps the one before."""
+        spec, tune = self.config.lm, self.config.tune
+        if self.trainer.fast_dev_run:  # one step: the path runs, quickly
+            tune = dataclasses.replace(tune, steps=1)
+        teacher, _ = load_causal_lm(spec.name, spec.gguf_file, spec.dtype, seed=self.config.seed)
+        teacher.to(next(self.lm.parameters()).device)
+        losses = tune_float_parameters(self.lm, teacher, self.ptq.calib_tokens, tune,
+                                       progress=self.trainer.is_global_zero)
+        del teacher
+        self.final["final/ppl_untuned"] = self.final["final/ppl"]
+        self.final["final/ppl"] = self._perplexity("GLVQ + tuning")["ppl"]
+        self.final["final/tune_loss_first"] = losses[0]
+        self.final["final/tune_loss_last"] = losses[-1]
 
     def _baseline_metrics(self, bits: int) -> dict[str, float]:
         """Perplexity of each baseline of ``model.eval.baselines`` at ``bits`` code bits, on the

@@ -197,9 +197,13 @@ def _tiny_cfg(compose_cfg, *extra: str):
 def test_resume_after_an_interrupted_block_gives_the_same_result(compose_cfg, tmp_path: Path,
                                                                   incoherence: bool) -> None:
     opt = f"model.glvq.incoherence={incoherence}"
-    full = _tiny_cfg(compose_cfg, opt, f"model.export_dir={tmp_path / 'full'}")
+    if incoherence:  # and tuning after the last block: re-run after a resume, the same
+        opt = [opt, "model.tune.steps=4", "model.tune.seq_len=64"]
+    else:
+        opt = [opt]
+    full = _tiny_cfg(compose_cfg, *opt, f"model.export_dir={tmp_path / 'full'}")
     run(full)
-    crash = _tiny_cfg(compose_cfg, opt, "callbacks.resume_checkpoint.every_n_steps=1",
+    crash = _tiny_cfg(compose_cfg, *opt, "callbacks.resume_checkpoint.every_n_steps=1",
                       "+callbacks.crash._target_=tests.test_train._CrashAt",
                       "+callbacks.crash.step=1", f"model.export_dir={tmp_path / 'crashed'}")
     crash.paths.output_dir = str(tmp_path / "crash_run")
@@ -208,13 +212,14 @@ def test_resume_after_an_interrupted_block_gives_the_same_result(compose_cfg, tm
     saved = tmp_path / "crash_run" / "checkpoints" / "last.ckpt"  # written after block 0
     state = torch.load(saved, weights_only=False)
     assert state["glvq"]["done"] == [0]
-    resumed = _tiny_cfg(compose_cfg, opt, f"ckpt_path={saved}",
+    resumed = _tiny_cfg(compose_cfg, *opt, f"ckpt_path={saved}",
                         f"model.export_dir={tmp_path / 'resumed'}")
     resumed.paths.output_dir = str(tmp_path / "resumed_run")
     run(resumed)
-    a = (tmp_path / "full" / "quantized.safetensors").read_bytes()
-    b = (tmp_path / "resumed" / "quantized.safetensors").read_bytes()
-    assert a == b
+    for f in ("quantized.safetensors", "rest.safetensors"):  # codes; norms (tuned or not)
+        assert (tmp_path / "full" / f).read_bytes() == (tmp_path / "resumed" / f).read_bytes()
+    metrics = json.loads((tmp_path / "full" / "manifest.json").read_text())["metrics"]
+    assert ("final/ppl_untuned" in metrics) == incoherence
 
 
 @pytest.mark.parametrize(("overrides", "error", "match"), [
