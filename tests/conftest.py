@@ -35,3 +35,20 @@ def compose_cfg(tmp_path):
         return compose_train(list(overrides), tmp_path)
 
     return _compose
+
+
+@pytest.fixture
+def fresh_kernel(tmp_path, monkeypatch):
+    """``fresh_kernel(module, cell, compiler=True)``: forget ``module.<cell>`` (a compiled C
+    kernel's cache), build into ``tmp_path``, ignore ``LLVQ_NO_CKERNEL``; ``compiler=False``
+    also hides ``cc`` (an empty ``PATH``). Returns ``tmp_path``."""
+
+    def fresh(module, cell: str, compiler: bool = True) -> Path:
+        monkeypatch.setattr(module, cell, [])
+        monkeypatch.setenv("LLVQ_CACHE", str(tmp_path))
+        monkeypatch.delenv("LLVQ_NO_CKERNEL", raising=False)
+        if not compiler:
+            monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+        return tmp_path
+
+    return fresh

@@ -121,11 +121,8 @@ def test_fallback_when_unavailable(monkeypatch) -> None:
     assert torch.equal(get_lattice("E8").closest_point(x), _torch_dn_plus(8)(x))
 
 
-def test_no_compiler_is_a_quiet_fallback(tmp_path, monkeypatch, caplog) -> None:
-    monkeypatch.setattr(_cfast, "_KERNELS", [])
-    monkeypatch.setenv("LLVQ_CACHE", str(tmp_path))
-    monkeypatch.delenv("LLVQ_NO_CKERNEL", raising=False)
-    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no `cc`
+def test_no_compiler_is_a_quiet_fallback(fresh_kernel, caplog) -> None:
+    tmp_path = fresh_kernel(_cfast, "_KERNELS", compiler=False)
     with caplog.at_level(logging.WARNING, logger=_ckernel.__name__):
         assert _cfast.kernels() is None
         assert _cfast.kernels() is None
@@ -169,16 +166,14 @@ def test_portable_build_equals_torch(dtype: torch.dtype, tmp_path, monkeypatch) 
                 assert torch.equal(_cfast.decode_dn_plus(x), _torch_dn_plus(n)(x))
 
 
-def test_portable_build_compiles_warning_free(tmp_path, monkeypatch) -> None:
+def test_portable_build_compiles_warning_free(fresh_kernel, monkeypatch) -> None:
     """The fallback build (no -march=native) compiles and gives the torch decoders' points."""
     import shutil
 
     if shutil.which("cc") is None:
         pytest.skip("no C compiler")
     monkeypatch.setattr(_cfast, "_FLAGS", (["-O3", "-ffp-contract=off", "-Wall", "-Werror"],))
-    monkeypatch.setattr(_cfast, "_KERNELS", [])
-    monkeypatch.setenv("LLVQ_CACHE", str(tmp_path))
-    monkeypatch.delenv("LLVQ_NO_CKERNEL", raising=False)
+    fresh_kernel(_cfast, "_KERNELS")
     assert _cfast.kernels() is not None
     x = torch.randn(300, 8) * 3
     assert torch.equal(get_lattice("E8").closest_point(x), _torch_dn_plus(8)(x))

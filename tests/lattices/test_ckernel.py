@@ -71,12 +71,9 @@ def test_decode_returns_none_when_disabled(monkeypatch) -> None:
                            basis.diag.square().numpy()) is None
 
 
-def test_no_compiler_is_a_quiet_fallback(tmp_path, monkeypatch, caplog) -> None:
+def test_no_compiler_is_a_quiet_fallback(fresh_kernel, caplog) -> None:
     """A failing build logs one warning, returns None, and decoding still works."""
-    monkeypatch.setattr(_ckernel, "_KERNEL", [])
-    monkeypatch.setenv("LLVQ_CACHE", str(tmp_path))
-    monkeypatch.delenv("LLVQ_NO_CKERNEL", raising=False)
-    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no `cc`
+    tmp_path = fresh_kernel(_ckernel, "_KERNEL", compiler=False)
     with caplog.at_level(logging.WARNING, logger=_ckernel.__name__):
         assert _ckernel.kernel() is None
         assert _ckernel.kernel() is None

@@ -119,15 +119,12 @@ def test_tiny_llama_packed_matches_the_dequantized_model(tmp_path: Path) -> None
     assert torch.equal(packed.generate(prompt, **kw), ref.generate(prompt, **kw))
 
 
-def test_no_compiler_falls_back_with_one_warning(tmp_path, monkeypatch, caplog) -> None:
+def test_no_compiler_falls_back_with_one_warning(fresh_kernel, caplog) -> None:
     import logging
 
     from llvq.lattices import _ckernel
 
-    monkeypatch.setattr(_cpacked, "_KERNELS", [])
-    monkeypatch.setenv("LLVQ_CACHE", str(tmp_path))
-    monkeypatch.delenv("LLVQ_NO_CKERNEL", raising=False)
-    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no `cc`
+    tmp_path = fresh_kernel(_cpacked, "_KERNELS", compiler=False)
     with caplog.at_level(logging.WARNING, logger=_ckernel.__name__):
         assert _cpacked.kernels() is None
         assert _cpacked.kernels() is None
@@ -136,7 +133,7 @@ def test_no_compiler_falls_back_with_one_warning(tmp_path, monkeypatch, caplog) 
     assert list(tmp_path.glob("*.so")) == []
 
 
-def test_portable_kernels_build_and_agree(tmp_path, monkeypatch) -> None:
+def test_portable_kernels_build_and_agree(fresh_kernel, monkeypatch) -> None:
     """The fallback build (no -march=native: no AVX2 path) compiles warning-free and gives the
     same products."""
     import shutil
@@ -144,9 +141,7 @@ def test_portable_kernels_build_and_agree(tmp_path, monkeypatch) -> None:
     if shutil.which("cc") is None:
         pytest.skip("no C compiler")
     monkeypatch.setattr(_cpacked, "_FLAGS", (["-O3", "-Wall", "-Werror"],))
-    monkeypatch.setattr(_cpacked, "_KERNELS", [])
-    monkeypatch.setenv("LLVQ_CACHE", str(tmp_path))
-    monkeypatch.delenv("LLVQ_NO_CKERNEL", raising=False)
+    fresh_kernel(_cpacked, "_KERNELS")
     assert _cpacked.kernels() is not None
     lin, w, b = _layer(48, 384, [2, 3, 4, 2, 8, 5], [False, True] + [False] * 4, 7, bias=True)
     x = torch.randn(3, 384)
