@@ -6,9 +6,10 @@ each family's rate is swept (VQ: K; FSQ: levels; LFQ: K; LL-VQ: `target_bits`; E
 lattices: fixed scale). On the 512 validation crops (32,768 latent vectors) it reports
 val MSE / PSNR, distinct codes, the code entropy in bits per latent vector (the plug-in entropy
 of whole code vectors: the real rate of a coder with one prior per vector; capped at
-log2 32,768 = 15 bits) and the factorised entropy (one prior per block / coordinate / stage),
-quantizer parameters, and the training-step time ratio vs `identity` from one process with the
-models' steps interleaved on the same batches. Draws MSE vs bits/vector (mean ± sd over seeds).
+log2 32,768 = 15 bits; also over the last 16 training batches, `train_bits_per_vector`), the
+factorised entropy (one prior per block / coordinate / stage), quantizer parameters, and the
+training-step time ratio vs `identity` from one process with the models' steps interleaved on
+the same batches. Draws MSE vs bits/vector (mean ± sd over seeds).
 
     python bench/ae_rd.py                                # the committed sweep, ~35 CPU-minutes
     python bench/ae_rd.py --steps 50 --seeds 0 --families vq vqp_fsq   # a quick look
@@ -49,7 +50,7 @@ SWEEP: dict[str, list[tuple[str, str, list[str]]]] = {
                for k in (16, 512)],
     "llvq": [(f"llvq target={t} bits", "llvq", ["model.quantizer.gamma=0",
                                                 f"model.quantizer.target_bits={t}"])
-             for t in (3, 6)] + [("llvq paper (gamma=1)", "llvq", [])],
+             for t in (2, 3, 4, 6, 8)] + [("llvq paper (gamma=1)", "llvq", [])],
     "e8": [(f"e8 scale={s}", "e8", [f"++model.quantizer.scale={s}",
                                     "++model.quantizer.learn_scale=false"])
            for s in (0.5, 1.0, 2.0)],
@@ -65,6 +66,8 @@ SWEEP: dict[str, list[tuple[str, str, list[str]]]] = {
                                                  "++model.quantizer.num_quantizers=2"])],
     "vqp_simvq": [("vqp_simvq K=64", "vqp_simvq", ["++model.quantizer.codebook_size=64"])],
 }
+#: training batches (of 32 crops) whose code entropy is reported as ``train_bits_per_vector``
+TRAIN_RATE_BATCHES = 16
 PEER_FAMILIES = ("vqp_vq", "vqp_fsq", "vqp_lfq", "vqp_rvq", "vqp_simvq")
 LATTICE_FAMILIES = ("llvq", "e8", "zn")
 
@@ -136,6 +139,13 @@ def train_one(label: str, name: str, overrides: list[str], seed: int,
     if q.integer_codes:
         n_vectors = val.shape[0] * (val.shape[-1] // 4) ** 2  # two stride-2 stages
         row.update(code_stats(q, codes, n_vectors))
+        # the same rate on the last TRAIN_RATE_BATCHES training batches (as many vectors as
+        # the validation set): what a rate target set on the training data can hold
+        train = batches[-TRAIN_RATE_BATCHES:]
+        with torch.no_grad():
+            train_codes = torch.cat([model.encode(x) for x in train])
+        n_train = sum(x.shape[0] for x in train) * (val.shape[-1] // 4) ** 2
+        row["train_bits_per_vector"] = entropy_bits(train_codes.reshape(n_train, -1))
         if q.codebook_size and not q.vector_codes:
             row["used_fraction"] = row["distinct_codes"] / q.codebook_size \
                 if name not in ("vqp_rvq",) else None
@@ -172,8 +182,8 @@ def summarise(rows: list[dict]) -> list[dict]:
         rs = [r for r in rows if r["label"] == label]
         s = {"label": label, "quantizer": rs[0]["quantizer"], "seeds": len(rs),
              "quantizer_params": rs[0]["quantizer_params"], "nominal_bits": rs[0]["nominal_bits"]}
-        for key in ("val_mse", "psnr", "bits_per_vector", "factorised_bits", "distinct_codes",
-                    "used_fraction"):
+        for key in ("val_mse", "psnr", "bits_per_vector", "train_bits_per_vector",
+                    "factorised_bits", "distinct_codes", "used_fraction"):
             vals = [r[key] for r in rs if r.get(key) is not None]
             if vals:
                 s[key] = statistics.fmean(vals)
@@ -277,7 +287,8 @@ def main() -> None:
     timed = list({family_of(c[0]): c for c in configs}.values())
     overhead = step_overhead(timed, batches, args.overhead_steps)
     cols = ["label", "val_mse", "val_mse_sd", "psnr", "bits_per_vector", "bits_per_vector_sd",
-            "factorised_bits", "distinct_codes", "used_fraction", "quantizer_params"]
+            "train_bits_per_vector", "factorised_bits", "distinct_codes", "used_fraction",
+            "quantizer_params"]
     print(markdown_table(summary, cols))
     print()
     print(markdown_table(overhead, ["label", "step_ms_median", "ratio_vs_identity"]))
@@ -289,7 +300,8 @@ def main() -> None:
         "settings": vars(args), "budget": budget,
         "protocol": "photos, D=64, batch 32, Adam lr 1e-3, same pre-drawn batches for every run; "
                     "rate = plug-in entropy of whole code vectors over the 512 validation crops "
-                    "(32,768 latent vectors, at most 15 bits)",
+                    "(32,768 latent vectors, at most 15 bits); train_bits_per_vector: the same "
+                    "over the last 16 training batches",
         "shared_machine": "measured on 2 CPU cores shared with other jobs: wall times and the "
                           "step-time ratios are noisy (the ratios are interleaved in one process)",
         "missing_peers": missing, "skipped": skipped,
