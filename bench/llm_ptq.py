@@ -285,10 +285,10 @@ def main() -> None:
                           eval_tokens=args.eval_tokens, seed=args.seed)
     calib, evaluation = text.calibration_tokens(tok), text.evaluation_tokens(tok)
     fp = {k: m.weight.detach().clone() for k, m in quantizable_linears(model).items()}
-    numel = sum(w.numel() for w in fp.values())
+    numel, layers = sum(w.numel() for w in fp.values()), len(fp)
     fp.update({k: p.detach().clone() for k, p in tunable_parameters(model).items()})
     teacher = load_causal_lm(args.model, seed=args.seed)[0] if tuned else None
-    print(f"{args.model}: {numel / 1e6:.1f}M weights in {len(fp)} linear layers; loaded in "
+    print(f"{args.model}: {numel / 1e6:.1f}M weights in {layers} linear layers; loaded in "
           f"{load_s:.0f} s; calibration {tuple(calib.shape)}, evaluation {evaluation.numel()} tokens")
 
     def ppl(m: torch.nn.Module) -> float:

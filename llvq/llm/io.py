@@ -225,7 +225,7 @@ def _store_embeddings(model: nn.Module, embeddings: str, packed: bool) -> None:
     """
     if embeddings == "float32":
         return
-    from llvq.llm.packed import Int8Embedding, Int8Linear, int8_rows
+    from llvq.llm.packed import GLVQLinear, Int8Embedding, Int8Linear, int8_rows
 
     inp, out = model.get_input_embeddings(), model.get_output_embeddings()
     if not isinstance(inp, nn.Embedding) or (out is not None and not isinstance(out, nn.Linear)):
@@ -245,6 +245,12 @@ def _store_embeddings(model: nn.Module, embeddings: str, packed: bool) -> None:
     model.set_input_embeddings(Int8Embedding(q, s, inp.padding_idx))
     if out is not None:
         model.set_output_embeddings(Int8Linear(qo, so, out.bias))
+    # the other float parameters (norms) are views of the memory-mapped export file, which
+    # stays mapped, float32 table included, while any of them lives: give them their own memory
+    for module in model.modules():
+        if not isinstance(module, (GLVQLinear, Int8Embedding, Int8Linear)):
+            for param in module.parameters(recurse=False):
+                param.data = param.data.clone()
 
 
 def load_quantized(directory: str | Path, packed: bool = False,
