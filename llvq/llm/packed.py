@@ -173,7 +173,23 @@ class _Rotation(nn.Module):
         return self._hadamard(y).reshape(t, self.n) * self.signs
 
 
-class GLVQLinear(nn.Module):
+class _Float32Linear(nn.Module):
+    """A linear layer computed in float32 on ``(T, in)`` rows (:meth:`forward_float`): any input
+    shape and dtype is flattened, computed and given back in the input's dtype."""
+
+    in_features: int
+    out_features: int
+
+    def forward_float(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        y = self.forward_float(x.reshape(-1, self.in_features).float())
+        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+
+class GLVQLinear(_Float32Linear):
     """A linear layer over packed GLVQ codes (see the module docstring).
 
     Build it with :meth:`from_codes` (stored codes and side information, as in an export) or
@@ -321,11 +337,6 @@ class GLVQLinear(nn.Module):
             y = self.rot_out(y, transpose=True)
         return y if self.bias is None else y + self.bias
 
-    def forward(self, x: Tensor) -> Tensor:
-        shape = x.shape
-        y = self.forward_float(x.reshape(-1, self.in_features).float())
-        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
-
     def extra_repr(self) -> str:
         widths = sorted(set(self.bits))
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -376,7 +387,7 @@ class Int8Embedding(nn.Module):
         return f"{self.num_embeddings}, {self.embedding_dim}, int8 rows"
 
 
-class Int8Linear(nn.Module):
+class Int8Linear(_Float32Linear):
     """``y = x W^T (+ b)`` with ``W`` kept as int8 rows and one float32 scale per row: the output
     head of a model whose (tied) embedding table is stored in int8. Up to ``MAX_TOKENS``
     vectors go through a C kernel that reads the int8 rows directly; more are multiplied by
@@ -407,11 +418,6 @@ class Int8Linear(nn.Module):
             y = torch.cat([F.linear(x, self.q[r0:r0 + 4096].float() * self.scale[r0:r0 + 4096, None])
                            for r0 in range(0, self.out_features, 4096)], dim=1)
         return y if self.bias is None else y + self.bias
-
-    def forward(self, x: Tensor) -> Tensor:
-        shape = x.shape
-        y = self.forward_float(x.reshape(-1, self.in_features).float())
-        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
     def dequantized_weight(self) -> Tensor:
         return self.q.float() * self.scale[:, None]
