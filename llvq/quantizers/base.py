@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["MAX_CODE", "Quantizer", "QuantizerOutput", "check_code_range", "check_latents",
-           "check_weight"]
+           "check_weight", "deferred"]
 
 #: the largest |integer code| a lattice quantizer hands out: integers up to 2^53 are exact in
 #: float64 (where the lattice decoders compute) and far inside int64.
@@ -45,13 +45,26 @@ class QuantizerOutput:
     metrics: dict[str, Tensor] = field(default_factory=dict)
 
 
-def check_latents(z: Tensor, dim: int, name: str) -> None:
+def deferred(t: Tensor) -> bool:
+    """Whether value checks on ``t`` are gathered on its device instead of read at once.
+
+    Reading a device tensor's value on the host (``bool(t)``) waits for the device, so on a GPU
+    the NaN/range checks are accumulated there and read every :attr:`Quantizer.check_every`
+    calls; on CPU reading is free and every call checks.
+    """
+    return t.device.type != "cpu"
+
+
+def check_latents(z: Tensor, dim: int, name: str, quantizer: Quantizer | None = None) -> None:
     """Raise one clear error if ``z`` is not a finite float tensor of shape ``(..., dim)``.
 
     Args:
         z: the latents handed to a quantizer.
         dim: the quantizer's configured vector width.
         name: the quantizer's registry name, used in the message.
+        quantizer: when given and ``z`` is on a GPU, the finite check is handed to its
+            :meth:`Quantizer.guard` (no host-device sync now; the error comes at the next read).
+            Shape and dtype are checked at once either way.
     """
     if not isinstance(z, Tensor) or not z.is_floating_point():
         raise TypeError(f"quantizer '{name}' expects a float tensor, got {type(z).__name__}"
@@ -61,6 +74,11 @@ def check_latents(z: Tensor, dim: int, name: str) -> None:
             f"quantizer '{name}' was built with dim={dim} but received latents of shape "
             f"{tuple(z.shape)} (last axis must be {dim}); set the quantizer's `dim` "
             f"(model.latent_dim) to match the encoder output")
+    if quantizer is not None and deferred(z):
+        quantizer.guard(~torch.isfinite(z).all(), (
+            f"quantizer '{name}' received non-finite value(s) (NaN/Inf) in its input; the "
+            f"encoder diverged -- lower the learning rate or check the data"))
+        return
     if not bool(torch.isfinite(z).all()):
         bad = int((~torch.isfinite(z)).sum())
         raise ValueError(
@@ -68,15 +86,24 @@ def check_latents(z: Tensor, dim: int, name: str) -> None:
             f"the encoder diverged -- lower the learning rate or check the data")
 
 
-def check_code_range(coords: Tensor, name: str, setting: str) -> None:
+def check_code_range(coords: Tensor, name: str, setting: str,
+                     quantizer: Quantizer | None = None) -> None:
     """Raise one clear error if float lattice coordinates do not fit exact int64 codes.
 
     Args:
         coords: the real-valued lattice coordinates about to be rounded to integer codes.
         name: the quantizer's registry name, used in the message.
         setting: what the user can change (e.g. ``"`scale`"``), used in the message.
+        quantizer: when given and ``coords`` is on a GPU, the check goes to its
+            :meth:`Quantizer.guard` instead of synchronising now.
     """
     reach = coords.detach().abs().amax() if coords.numel() else coords.new_zeros(())
+    if quantizer is not None and deferred(coords):
+        quantizer.guard(~(reach <= MAX_CODE), (
+            f"quantizer '{name}': the latents reached lattice coordinates beyond +-2^53, where "
+            f"integer codes stop being exact (and soon overflow int64); the encoder output is "
+            f"far too large for the lattice -- raise {setting} or normalise the latents"))
+        return
     if not bool(reach <= MAX_CODE):  # also true for an Inf/NaN from an overflowing division
         raise ValueError(
             f"quantizer '{name}': the latents reach lattice coordinates of {float(reach):.3g}, "
@@ -124,6 +151,10 @@ class Quantizer(nn.Module, ABC):
     vector_codes: ClassVar[bool] = False
     #: False only for ``identity``, whose "codes" are the float latents themselves.
     integer_codes: ClassVar[bool] = True
+    #: on a GPU, value checks (NaN/Inf latents, code range) are gathered on the device by
+    #: :meth:`guard` and read back on the first call and then once every ``check_every`` calls
+    #: to :meth:`forward` (each read waits for the device); on CPU every call checks at once.
+    check_every: int = 100
 
     def __init__(self, dim: int, codebook_size: int | None = None) -> None:
         super().__init__()
@@ -131,6 +162,35 @@ class Quantizer(nn.Module, ABC):
             raise ValueError(f"quantizer '{self.name}': `dim` must be a positive integer, got {dim!r}")
         self.dim = dim
         self.codebook_size: int | None = codebook_size
+        self._forward_calls = 0
+        self._pending: dict[str, Tensor] = {}  # error message -> "went wrong" flag on the device
+
+    def guard(self, bad: Tensor, message: str) -> None:
+        """Raise ``ValueError(message)`` if the 0-d bool ``bad`` is true, without a sync.
+
+        On CPU it is read at once. On a GPU the flag is OR-ed into a pending flag on the device
+        and read by :meth:`flush_checks` (on the first forward call, then every
+        :attr:`check_every` calls, and in :meth:`encode`), so a check costs no host-device
+        synchronisation per step and no error is lost: it comes at most ``check_every`` calls
+        late.
+
+        Args:
+            bad: a 0-d bool tensor, true when the check failed.
+            message: the error text.
+        """
+        if not deferred(bad):
+            if bool(bad):
+                raise ValueError(message)
+            return
+        prev = self._pending.get(message)
+        self._pending[message] = bad if prev is None else prev | bad
+
+    def flush_checks(self) -> None:
+        """Read the checks gathered by :meth:`guard` (one sync) and raise the first that failed."""
+        pending, self._pending = self._pending, {}
+        for message, bad in pending.items():
+            if bool(bad):
+                raise ValueError(message)
 
     @property
     def bits_per_vector(self) -> float | None:
@@ -151,8 +211,11 @@ class Quantizer(nn.Module, ABC):
         where a mean over nothing would be NaN (``0/0``), so one empty batch does not turn the
         running averages into NaN.
         """
-        check_latents(z, self.dim, self.name)
+        self._forward_calls += 1
+        check_latents(z, self.dim, self.name, quantizer=self)
         out = self.quantize(z)
+        if self._pending and (self._forward_calls - 1) % self.check_every == 0:
+            self.flush_checks()
         if z.shape[:-1].numel() == 0:  # a mean over nothing is 0 here, not NaN
             out.loss = torch.nan_to_num(out.loss, nan=0.0)
             out.metrics = {k: torch.nan_to_num(v, nan=0.0) for k, v in out.metrics.items()}
@@ -164,9 +227,14 @@ class Quantizer(nn.Module, ABC):
 
     @torch.no_grad()
     def encode(self, z: Tensor) -> Tensor:
-        """Integer codes of ``z`` without gradient; deterministic in eval mode."""
-        check_latents(z, self.dim, self.name)
-        return self.encode_impl(z)
+        """Integer codes of ``z`` without gradient; deterministic in eval mode.
+
+        Every value check runs before the codes are returned, also on a GPU: codes leave here.
+        """
+        check_latents(z, self.dim, self.name, quantizer=self)
+        codes = self.encode_impl(z)
+        self.flush_checks()
+        return codes
 
     @abstractmethod
     def encode_impl(self, z: Tensor) -> Tensor:

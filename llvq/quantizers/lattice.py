@@ -128,7 +128,7 @@ class LatticeQuantizer(Quantizer):
         d = self._dither(lat, tuple(z.shape[:-1]), z.device) if self.dither else None
         if d is not None:
             x = x + d
-        check_code_range(x @ torch.linalg.inv(g), self.name, "`scale`")  # before int64 codes
+        check_code_range(x @ torch.linalg.inv(g), self.name, "`scale`", self)  # before int64 codes
         u = lat.closest_coordinates(x, self.decoder)
         over = torch.zeros(u.shape[:-1], dtype=torch.bool, device=z.device)
         if self.radius is not None:

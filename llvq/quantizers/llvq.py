@@ -181,8 +181,10 @@ class DiagonalLatticeQuantizer(Quantizer):
         calibrate: with ``target_bits``, set ``c`` on the first training batch by bisection so
             that the batch's rate is ``target_bits`` (else ``c`` starts at 0). Done once: the
             flag is a buffer, saved with the model.
-        check_every: check the basis for NaN/Inf on every call on CPU, every
-            ``check_every`` training calls on other devices (the check synchronises).
+        check_every: on a GPU, read the gathered NaN/Inf and code-range checks (basis,
+            latents) once every ``check_every`` forward calls (each read synchronises; an error
+            comes at most that many calls late); on CPU every call checks at once. See
+            :meth:`~llvq.quantizers.base.Quantizer.guard`.
 
     Raises:
         ValueError: in ``forward``/``encode``, when a code ``round(z / b)`` would exceed
@@ -219,7 +221,6 @@ class DiagonalLatticeQuantizer(Quantizer):
         self.target_bits = None if target_bits is None else float(target_bits)
         self.rate_gain, self.check_every = float(rate_gain), check_every
         self.rate_measure, self.calibrate = rate_measure, bool(calibrate)
-        self._calls = 0
         self._hash_w: Tensor | None = None  # fixed hash weights, made on the codes' device
         # the lattice is unbounded: K is a target that sets the initial range, not a code size
         self.target_codebook_size, self.gamma = codebook_size, float(gamma)
@@ -257,13 +258,9 @@ class DiagonalLatticeQuantizer(Quantizer):
         return (self.basis_raw.abs() + self.min_step) * self.log2_spacing.exp2()
 
     def _check_basis(self, b: Tensor) -> None:
-        """Raise if the basis is non-finite: every call on CPU, periodically elsewhere."""
-        self._calls += 1
-        if b.device.type != "cpu" and (self._calls - 1) % self.check_every:
-            return
-        if not bool(torch.isfinite(b).all()):
-            raise ValueError("quantizer 'llvq': the lattice basis became non-finite; "
-                             "lower the learning rate")
+        """Raise if the basis is non-finite (read at once on CPU, gathered on a GPU)."""
+        self.guard(~torch.isfinite(b).all(),
+                   "quantizer 'llvq': the lattice basis became non-finite; lower the learning rate")
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # checkpoints from before the flag existed were trained: nothing to calibrate
@@ -324,7 +321,7 @@ class DiagonalLatticeQuantizer(Quantizer):
         if z.numel() == 0:  # an empty batch: empty codes, no loss (not a 0/0 NaN)
             return QuantizerOutput(z_q=z.clone(), codes=z_d.long(), loss=0.0 * b.sum())
         v = torch.round(z_d / b_d)  # (..., D) Babai rounding, eq. 4 (no gradient)
-        check_code_range(v, self.name, "`min_step`")
+        check_code_range(v, self.name, "`min_step`", quantizer=self)
         e = v * b_d  # (..., D) nearest lattice point Bv
         r = e - z_d  # (..., D) quantization residual
         # Embedding loss ‖sg[z] − Bv‖² (mean over entries). Its gradient w.r.t. b_j is
@@ -352,7 +349,7 @@ class DiagonalLatticeQuantizer(Quantizer):
 
     def encode_impl(self, z: Tensor) -> Tensor:
         v = torch.round(z / self.basis)
-        check_code_range(v, self.name, "`min_step`")
+        check_code_range(v, self.name, "`min_step`", quantizer=self)
         return v.long()
 
     def decode(self, codes: Tensor) -> Tensor:

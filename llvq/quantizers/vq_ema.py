@@ -25,7 +25,7 @@ from llvq.quantizers._codebook import (
     sum_over_ranks,
     usage_metrics,
 )
-from llvq.quantizers.base import Quantizer, QuantizerOutput, check_weight
+from llvq.quantizers.base import Quantizer, QuantizerOutput, check_weight, deferred
 from llvq.quantizers.registry import register
 
 __all__ = ["EMAVectorQuantizer"]
@@ -119,7 +119,23 @@ class EMAVectorQuantizer(Quantizer):
         counts = sum_over_ranks(torch.bincount(idx, minlength=self.codebook_size).to(flat.dtype))
         sums = sum_over_ranks(torch.zeros_like(self.embed_sum).index_add_(0, idx, flat))  # (K, d)
         embed_sum = torch.add(self.embed_sum * self.decay, sums, alpha=1 - self.decay)  # (K, d)
+        if deferred(flat):  # GPU: no sync; a non-finite update is undone on the device instead
+            ok = torch.isfinite(embed_sum).all()
+            self.guard(~ok, f"quantizer '{self.name}': the running codeword sums overflowed to "
+                            f"Inf/NaN and the EMA codebook update was skipped; the latents are "
+                            f"far too large for {self.codebook.dtype} sums -- lower the learning "
+                            f"rate or normalise the latents")
+            state = (self.cluster_size, self.embed_sum, self.codebook)
+            before = [t.clone() for t in state]
+            restarted = self._ema_apply(flat, counts, embed_sum)
+            for t, old in zip(state, before):
+                t.copy_(torch.where(ok, t, old))
+            return restarted
         self._finite(embed_sum, "the running codeword sums", flat)  # before anything changes
+        return self._ema_apply(flat, counts, embed_sum)
+
+    def _ema_apply(self, flat: Tensor, counts: Tensor, embed_sum: Tensor) -> Tensor:
+        """Move the running statistics and the codebook one EMA step; restart dead codes."""
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.embed_sum.copy_(embed_sum)
         n = self.cluster_size.sum()
