@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -28,6 +29,20 @@ def _commit() -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return head + ("+dirty" if dirty else "")
+
+
+def show_progress() -> None:
+    """Print llvq's progress lines (the ``llvq`` logger: blocks, tuning steps) on stderr.
+
+    ``train.py`` configures logging through Hydra; a bench script does not, so without this a
+    long quantization or tuning run prints nothing until its row ends.
+    """
+    log = logging.getLogger("llvq")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
 
 
 def machine_info() -> dict[str, Any]:

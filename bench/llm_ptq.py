@@ -14,7 +14,10 @@ A name ending in `` +tune`` (``"glvq-2 incoherence +tune"``, ``"gptq-2 +tune"``)
 float parameters left (norm weights) against the full-precision model on the calibration
 windows (:func:`llvq.llm.tune.tune_float_parameters`, ``--tune-steps`` Adam steps at
 ``--tune-lr``, 2 slices of 256 tokens per step): the row has ``ppl_untuned`` and ``ppl``. Any
-method can be tuned the same way, so GLVQ + tuning is compared with GPTQ + tuning.
+method can be tuned the same way, so GLVQ + tuning is compared with GPTQ + tuning. A name ending
+in `` +tune+scales`` also tunes the scales each method stores (:func:`llvq.llm.tune.scale_tuning`:
+GLVQ's float16 row and group scales; RTN's and GPTQ's scale per row and group, not with
+act-order); codes and bits stay as they are.
 ``--plot`` draws perplexity against bits per weight for every method of the run and of the
 ``--merge`` result files.
 
@@ -43,6 +46,7 @@ the float16 figure is given too). Writes ``bench/results/llm_ptq.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -52,7 +56,7 @@ import time
 from pathlib import Path
 
 import torch
-from _report import RESULTS, machine_info, markdown_table, write_result
+from _report import RESULTS, machine_info, markdown_table, show_progress, write_result
 
 from llvq.data import TextDataModule
 from llvq.llm.baselines import LLM_BASELINES, apply_baseline
@@ -60,7 +64,7 @@ from llvq.llm.eval import perplexity
 from llvq.llm.models import load_causal_lm, quantizable_linears
 from llvq.llm.ptq import BlockwisePTQ, layer_storage_bits, quantize_with_baseline
 from llvq.llm.settings import GLVQSettings, TuneSettings
-from llvq.llm.tune import tunable_parameters, tune_float_parameters
+from llvq.llm.tune import scale_tuning, tunable_parameters, tune_float_parameters
 
 # name -> (method, bits, compand, salience[, error feedback | more GLVQSettings]); a method other than fp and glvq
 # is an LLM_BASELINES name (llvq.llm.baselines), so `<baseline>-<bits>` works for any of them
@@ -92,8 +96,19 @@ GRID = {
 
 ROOT = Path(__file__).resolve().parents[1]
 TUNE = " +tune"  # name suffix: tune the float parameters left after quantizing
+TUNE_SCALES = " +tune+scales"  # ... and the scales each method stores
+
+
+def split_tune(name: str) -> tuple[str, str | None]:
+    """``("glvq-2 incoherence", "scales")`` from ``"glvq-2 incoherence +tune+scales"``; the
+    mode is ``"norms"`` for `` +tune`` and ``None`` without a suffix."""
+    if name.endswith(TUNE_SCALES):
+        return name.removesuffix(TUNE_SCALES), "scales"
+    if name.endswith(TUNE):
+        return name.removesuffix(TUNE), "norms"
+    return name, None
 PEER_NAME = re.compile(r"gptqmodel-(?P<bits>\d+)(?: g(?P<group>\d+))?(?P<act> act-order)?(?P<asym> asym)?")
-GLVQ_NAME = re.compile(r"glvq-(?P<bits>\d+(?:\.\d+)?)(?P<inc> incoherence)?")
+GLVQ_NAME = re.compile(r"glvq-(?P<bits>\d+(?:\.\d+)?)(?P<inc> incoherence)?(?P<act> act-order)?")
 BASELINE_NAME = re.compile(r"(?P<method>[\w.]+)-(?P<bits>\d+)(?: g(?P<group>\d+))?(?P<act> act-order)?")
 
 
@@ -132,9 +147,12 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
             continue
         label = re.sub(r"-[\d.]+", "", r["config"])  # "gptq-3 g128 act-order" -> "gptq g128 act-order"
         series.setdefault(label, []).append((r["bits_per_weight"], r["ppl"]))
-    for label, pts in sorted(series.items()):
+    colors = plt.get_cmap("tab20").colors  # more series than the default 10 colours
+    markers = "osD^v<>"
+    for i, (label, pts) in enumerate(sorted(series.items())):
         pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", marker=markers[i % len(markers)],
+                color=colors[(2 * i) % 20 + (i // 10) % 2], label=label)
     if fp:
         ax.axhline(fp[0], color="k", ls=":", label=f"fp ({fp[0]:.2f})")
     ax.set_yscale("log")
@@ -253,6 +271,7 @@ def main() -> None:
     ap.add_argument("--replot", action="store_true",
                     help="only draw bench/results/<name>.png from the --merge files")
     args = ap.parse_args()
+    show_progress()
     if args.replot:
         rows = merge_rows([], args.merge)
         png = RESULTS / f"{args.name}.png"
@@ -262,22 +281,23 @@ def main() -> None:
 
     names = args.only or list(GRID)
     grid = dict(GRID)
-    tuned = {n for n in names if n.endswith(TUNE)}
-    for n in [n.removesuffix(TUNE) for n in names]:  # <baseline>-<bits>[ g<group>][ act-order] for any registered baseline
+    tuned = {n: split_tune(n)[1] for n in names if split_tune(n)[1]}
+    for n in [split_tune(n)[0] for n in names]:  # <baseline>-<bits>[ g<group>][ act-order] for any registered baseline
         match = BASELINE_NAME.fullmatch(n)
         if n not in grid and match and match["method"] in LLM_BASELINES:
             grid[n] = (match["method"], int(match["bits"]), None, None)
         elif n not in grid and GLVQ_NAME.fullmatch(n):  # any (fractional) target, e.g. glvq-2.5
             g = GLVQ_NAME.fullmatch(n)
-            grid[n] = ("glvq", float(g["bits"]), True, True, {"incoherence": bool(g["inc"])})
+            grid[n] = ("glvq", float(g["bits"]), True, True,
+                       {"incoherence": bool(g["inc"]), "act_order": bool(g["act"])})
         elif n not in grid and PEER_NAME.fullmatch(n):
             grid[n] = ("gptqmodel", int(PEER_NAME.fullmatch(n)["bits"]), None, None)
-    unknown = [n for n in names if n.removesuffix(TUNE) not in grid]
+    unknown = [n for n in names if split_tune(n)[0] not in grid]
     if unknown:
         raise SystemExit(f"unknown configurations {unknown}; known: {list(GRID)} and "
                          f"<baseline>-<bits> for the baselines {LLM_BASELINES.names()}, "
-                         f"glvq-<bits>[ incoherence] and gptqmodel-<bits>, each with an "
-                         f"optional '{TUNE}'")
+                         f"glvq-<bits>[ incoherence][ act-order] and gptqmodel-<bits>, each with an "
+                         f"optional '{TUNE}' or '{TUNE_SCALES}'")
     t0 = time.time()
     model, tok = load_causal_lm(args.model, seed=args.seed)
     load_s = time.time() - t0
@@ -297,7 +317,8 @@ def main() -> None:
     rows = []
     peer_dir = Path(tempfile.mkdtemp(prefix="llvq-gptqmodel-"))
     for name in names:
-        method, bits, compand, salience, *rest = grid[name.removesuffix(TUNE)]
+        base = split_tune(name)[0]
+        method, bits, compand, salience, *rest = grid[base]
         extra = rest[0] if rest and isinstance(rest[0], dict) else {}
         feedback = rest[0] if rest and isinstance(rest[0], bool) else True
         restore(model, fp)
@@ -306,7 +327,7 @@ def main() -> None:
         if method == "fp":
             row.update(bits_per_weight=32.0)
         elif method == "gptqmodel":
-            row.update(run_gptqmodel(model, tok, calib, name.removesuffix(TUNE), args.group_size, args.peer_python,
+            row.update(run_gptqmodel(model, tok, calib, base, args.group_size, args.peer_python,
                                      peer_dir))
         elif method == "glvq":
             s = GLVQSettings(group_size=args.group_size, lattice_dim=args.lattice_dim,
@@ -325,7 +346,7 @@ def main() -> None:
                        compand_share=float(sum(r.compand.float().mean() for r in ptq.results.values())
                                            / len(errs)))
         else:  # a registered baseline, from the full-precision weights
-            options = baseline_options(name.removesuffix(TUNE), args.group_size)
+            options = baseline_options(base, args.group_size)
             baseline = LLM_BASELINES.build(method, bits=bits, **options)
             row.update(options)
             if getattr(baseline, "calibrated", False):  # GPTQ: block by block, same windows
@@ -339,10 +360,21 @@ def main() -> None:
         if name in tuned:
             row["ppl_untuned"] = ppl(model)
             t = time.time()
-            losses = tune_float_parameters(model, teacher, calib, TuneSettings(
-                steps=args.tune_steps, lr=args.tune_lr, seq_len=min(256, args.seq_len),
-                seed=args.seed))
-            row.update(tune_steps=args.tune_steps, tune_lr=args.tune_lr,
+            scales = contextlib.nullcontext()
+            if tuned[name] == "scales":
+                if method == "glvq":
+                    scales = scale_tuning(model, ptq.named_layers(), args.group_size, ptq.results)
+                elif method in ("rtn", "gptq") and not row.get("act_order"):
+                    group = row.get("group_size", args.group_size)
+                    scales = scale_tuning(model, quantizable_linears(model), group)
+                else:
+                    raise SystemExit(f"{name!r}: scale tuning needs GLVQ, RTN or GPTQ without "
+                                     f"act-order (a scale per row and group)")
+            with scales:
+                losses = tune_float_parameters(model, teacher, calib, TuneSettings(
+                    steps=args.tune_steps, lr=args.tune_lr, seq_len=min(256, args.seq_len),
+                    seed=args.seed))
+            row.update(tune=tuned[name], tune_steps=args.tune_steps, tune_lr=args.tune_lr,
                        tune_loss_first=losses[0], tune_loss_last=losses[-1],
                        tune_s=round(time.time() - t, 1))
         row["ppl"] = ppl(model)

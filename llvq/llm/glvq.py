@@ -4,7 +4,8 @@ Objective (see :mod:`llvq.llm.groups`): the layer's output error ``tr(D H D^T)``
 feedback the diagonal blocks ``H_g`` of ``H`` are kept (cross-group terms dropped), so the
 error is a sum over groups and all groups of a layer are optimised in one batched problem;
 with it (:class:`llvq.llm.settings.GLVQSettings` ``error_feedback``) the groups go left to right
-and each group's error is folded into the columns after it.
+(or by decreasing input energy with ``act_order``) and each group's error is folded into the
+columns not yet quantized.
 
 Alternating optimisation (paper, Sec. 3): codes by Babai rounding with ``G`` and ``µ`` fixed;
 then ``inner_steps`` Adam steps on ``G`` (as ``G0 (I + A)``) and ``µ`` with the codes fixed,
@@ -139,13 +140,15 @@ def _optimise(prob: LayerProblem, bits: Tensor, s: GLVQSettings,
 
 def _quantize_with_feedback(w: Tensor, h: Tensor, bits: Tensor, s: GLVQSettings,
                             name: str) -> LayerResult:
-    """Groups left to right, each group's error folded into the columns after it.
+    """Groups one after another, each group's error folded into the columns after it.
 
     With ``U`` the upper Cholesky factor of ``H^-1`` and ``b`` the current group's columns,
     the error ``D_b`` of group ``b`` is compensated by ``W_rest -= D_b U_bb^-1 U_b,rest`` and
     the group is optimised for ``tr(D_b Hs_b D_b^T)`` with ``Hs_b = (U_bb^T U_bb)^-1``, the
     Schur complement of ``H`` on the columns not yet quantized: the same optimal-brain-surgeon
-    step as GPTQ, applied to a whole group of columns at once.
+    step as GPTQ, applied to a whole group of columns at once. The order is left to right, or
+    with ``s.act_order`` by decreasing ``diag H`` summed over each group (the columns are
+    permuted group-wise for the pass and every result is put back in place).
     """
     out, inp = w.shape
     gs = s.group_size
@@ -155,22 +158,29 @@ def _quantize_with_feedback(w: Tensor, h: Tensor, bits: Tensor, s: GLVQSettings,
     hd = h.double()
     dead = hd.diagonal() <= 0
     hd[dead, dead] = 1.0
+    order = torch.arange(m)
+    if s.act_order:  # the most energetic groups first; ties keep left to right
+        energy = h.double().diagonal().clamp_min(0).view(m, gs).sum(1)
+        order = torch.sort(-energy, stable=True).indices
+    cols = (order[:, None] * gs + torch.arange(gs)).flatten()  # the pass's column order
+    hd = hd[cols][:, cols]
     hd = hd + s.damp * hd.diagonal().mean() * torch.eye(inp, dtype=torch.float64)
     u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hd)), upper=True)
     eye = torch.eye(gs, dtype=torch.float64)
     work = w.clone()
     work[:, dead] = 0.0
-    parts: list[LayerResult] = []
-    for b in range(m):
-        c = slice(b * gs, (b + 1) * gs)
+    work = work[:, cols]
+    parts: list[LayerResult] = [None] * m  # type: ignore[list-item]
+    for step, b in enumerate(order.tolist()):
+        c = slice(step * gs, (step + 1) * gs)
         ubb_inv = torch.linalg.solve_triangular(u[c, c], eye, upper=True)
         h_b = (ubb_inv @ ubb_inv.T).float()
         res = _optimise(LayerProblem(work[:, c], h_b, s, "", row_scale=row_scale),
                         bits[b:b + 1], s, None)
-        parts.append(res)
-        if b < m - 1:
+        parts[b] = res  # stored in place: group b
+        if step < m - 1:
             delta = (work[:, c] - res.weight).double()
-            work[:, (b + 1) * gs:] -= (delta @ ubb_inv @ u[c, (b + 1) * gs:]).float()
+            work[:, (step + 1) * gs:] -= (delta @ ubb_inv @ u[c, (step + 1) * gs:]).float()
     codes = torch.cat([p.codes for p in parts])
     gen = torch.cat([p.generator for p in parts])
     mu = torch.cat([p.mu for p in parts])

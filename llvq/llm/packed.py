@@ -153,15 +153,21 @@ class _Rotation(nn.Module):
         self.m = n // p
         self.register_buffer("signs", signs.float())
         self.register_buffer("q", (q if q is not None else torch.ones(1, 1)).float())
+        self.h: Tensor | None = None  # H_p for the torch path, built on first use
 
     def _hadamard(self, x: Tensor) -> Tensor:
         """``H_p`` along dim 1 of ``x`` ``(T, p, m)`` (normalized)."""
         fns = kernels()
-        if fns is not None and x.dtype == torch.float32 and self.p > 1:
+        # the C kernel works in place, outside autograd: only where no gradient is wanted
+        if fns is not None and x.dtype == torch.float32 and self.p > 1 \
+                and not (x.requires_grad and torch.is_grad_enabled()):
             x = x.contiguous()
             fns["fwht"](x.shape[0], self.p, self.m, x.data_ptr(), 1.0 / math.sqrt(self.p))
             return x
-        return torch.matmul(hadamard(self.p).to(x.dtype), x)
+        if self.h is None or self.h.dtype != x.dtype or self.h.device != x.device:
+            self.h = hadamard(self.p).to(x)
+        t, p, m = x.shape  # one (p, p) @ (p, T m) product, not T small ones re-reading H_p
+        return (self.h @ x.transpose(0, 1).reshape(p, t * m)).reshape(p, t, m).transpose(0, 1)
 
     def forward(self, x: Tensor, transpose: bool = False) -> Tensor:
         t = x.shape[0]

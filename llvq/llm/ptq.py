@@ -263,6 +263,11 @@ class BlockwisePTQ(CalibrationWalk):
             yield name, res, layer_storage_bits(res) / w.numel()
         self.run_block(i)
 
+    def named_layers(self) -> dict[str, nn.Linear]:
+        """Every quantizable layer by the name its result has in :attr:`results`."""
+        return {f"layers.{i}.{n}": lin for i, block in enumerate(self.layers)
+                for n, lin in block.items()}
+
     def apply_result(self, i: int) -> None:
         """Write stored results of block ``i`` into the model (resume) and advance the inputs."""
         for n, lin in self.layers[i].items():

@@ -123,6 +123,11 @@ class GLVQSettings:
         incoherence: quantize each layer in randomized-Hadamard-rotated coordinates
             (``U W V^T`` with ``V H V^T``; :mod:`llvq.llm.incoherence`), as QuIP# does; the
             transforms are rebuilt from a per-layer seed at load time, so they cost no bits.
+        act_order: with error feedback, quantize the groups in decreasing order of their
+            input energy (the sum of ``diag H`` over the group's columns) instead of left to
+            right, so the groups that matter most are quantized first and the rest absorb their
+            error (GPTQ's act-order, per group). Only the processing order changes: the groups
+            are stored in place, so it costs no bits and the export format is unchanged.
     """
 
     group_size: int = 128
@@ -138,6 +143,7 @@ class GLVQSettings:
     error_feedback: bool = True
     damp: float = 0.01
     incoherence: bool = False
+    act_order: bool = False
 
     def __post_init__(self) -> None:
         p = "model.glvq"
@@ -145,7 +151,7 @@ class GLVQSettings:
         if self.lattice_dim not in LATTICE_DIMS or isinstance(self.lattice_dim, bool):
             raise ValueError(f"{p}.lattice_dim must be one of {', '.join(map(str, LATTICE_DIMS))}, "
                              f"got {self.lattice_dim!r}")
-        for name in ("compand", "row_scale", "error_feedback", "incoherence"):
+        for name in ("compand", "row_scale", "error_feedback", "incoherence", "act_order"):
             _bool(f"{p}.{name}", getattr(self, name))
         _int(f"{p}.max_outer", self.max_outer, 0)
         _int(f"{p}.inner_steps", self.inner_steps, 0)
@@ -213,6 +219,9 @@ class TuneSettings:
         batch_size: calibration windows per step.
         seq_len: tokens per window (a random slice of a calibration window).
         seed: draws the windows and slices.
+        scales: also tune the scales each quantized layer stores (GLVQ's float16 row and
+            group scales; :func:`llvq.llm.tune.scale_tuning`), written back in float16: the
+            codes and the rate still do not change.
     """
 
     steps: int = 0
@@ -220,6 +229,7 @@ class TuneSettings:
     batch_size: int = 2
     seq_len: int = 256
     seed: int = 0
+    scales: bool = False
 
     def __post_init__(self) -> None:
         _int("model.tune.steps", self.steps, 0)
@@ -227,6 +237,7 @@ class TuneSettings:
         _int("model.tune.batch_size", self.batch_size, 1)
         _int("model.tune.seq_len", self.seq_len, 2)
         _int("model.tune.seed", self.seed, 0)
+        _bool("model.tune.scales", self.scales)
 
 
 @dataclass

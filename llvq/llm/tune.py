@@ -7,11 +7,20 @@ trains those with Adam to match the full-precision model's next-token distributi
 knowledge-distillation step that QuIP# and AQLM run on more parameters. It changes no code
 and no bit count. The windows are drawn from a seeded generator, so a run repeats exactly
 (the LLM job re-runs it after a resume); under DDP rank 0's result is broadcast.
+
+:func:`scale_tuning` adds the scales a quantized layer stores to what is tuned, its codes kept:
+for GLVQ the float16 row scale of each output row and the float16 scale of each group (both
+multiply the decoded weight, in the rotated coordinates under incoherence processing, so the
+layer runs as ``U^T diag(a) W diag(b) V x`` while tuning); for a baseline with a scale per row
+and group (RTN, GPTQ without act-order) that scale. The tuned scales are written back in their
+stored precision, so the rate does not change.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -19,10 +28,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llvq.llm.eval import _logits
+from llvq.llm.groups import SIDE_DTYPE, LayerResult, dequantize, model_weight
+from llvq.llm.packed import _Rotation
 from llvq.llm.settings import TuneSettings
 from llvq.progress import track
 
-__all__ = ["tunable_parameters", "tune_float_parameters"]
+__all__ = ["scale_tuning", "tunable_parameters", "tune_float_parameters"]
 
 
 def tunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -34,28 +45,162 @@ def tunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
         if module is not None:
             skip.update(id(p) for p in module.parameters())
     return {n: p for n, p in model.named_parameters()
-            if p.ndim == 1 and p.is_floating_point() and id(p) not in skip}
+            if (p.ndim == 1 or getattr(p, "llvq_tunable", False)) and p.is_floating_point()
+            and id(p) not in skip}
+
+
+def _factor(*shape: int) -> nn.Parameter:
+    p = nn.Parameter(torch.ones(*shape))
+    p.llvq_tunable = True  # picked up by tunable_parameters whatever its shape
+    return p
+
+
+class _GLVQScales(nn.Module):
+    """A GLVQ layer during scale tuning: ``U^T diag(row) W diag(col ⊗ 1) V x + bias``.
+
+    ``W`` is the dequantized (rotated) weight, ``row`` and ``col`` start at 1 and multiply the
+    stored row scales and group scales (:func:`commit` writes them back).
+    """
+
+    def __init__(self, linear: nn.Linear, res: LayerResult, group_size: int) -> None:
+        super().__init__()
+        self.linear, self.res, self.group_size = linear, res, group_size
+        self.register_buffer("w", res.weight.detach().float())
+        self.row = _factor(self.w.shape[0]) if res.row_scale is not None else None
+        self.col = _factor(self.w.shape[1] // group_size)
+        seed = res.rotation_seed
+        self.rot_in = _Rotation(self.w.shape[1], seed + 1) if seed is not None else None
+        self.rot_out = _Rotation(self.w.shape[0], seed) if seed is not None else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        t = x.reshape(-1, x.shape[-1]).float()
+        if self.rot_in is not None:
+            t = self.rot_in(t)
+        y = F.linear(t * self.col.repeat_interleave(self.group_size), self.w)
+        if self.row is not None:
+            y = y * self.row
+        if self.rot_out is not None:
+            y = self.rot_out(y, transpose=True)
+        if self.linear.bias is not None:
+            y = y + self.linear.bias
+        return y.reshape(*x.shape[:-1], -1).to(x.dtype)
+
+    @torch.no_grad()
+    def commit(self) -> None:
+        """Round the tuned scales to their stored dtype, re-dequantize, update the layer."""
+        r = self.res
+        r.scale = (r.scale.float() * self.col.detach().float()).to(SIDE_DTYPE)
+        if self.row is not None:
+            r.row_scale = (r.row_scale.float() * self.row.detach().float()).to(SIDE_DTYPE)
+        r.weight = dequantize(r.codes, r.generator, r.mu, r.scale, r.row_scale, r.bits,
+                              r.compand, r.weight.shape[0], self.group_size)
+        self.linear.weight.copy_(model_weight(r).to(self.linear.weight))
+
+
+class _GroupScales(nn.Module):
+    """A layer with a scale per output row and group of ``group_size`` input columns (RTN,
+    GPTQ): ``(W ⊙ (F ⊗ 1)) x + bias`` with the factors ``F`` ``(out, groups)`` tuned."""
+
+    def __init__(self, linear: nn.Linear, group_size: int) -> None:
+        super().__init__()
+        out, inp = linear.weight.shape
+        if inp % group_size:
+            raise ValueError(f"scale tuning: group_size={group_size} does not divide the layer's "
+                             f"{inp} input columns")
+        self.linear, self.group_size = linear, group_size
+        self.factor = _factor(out, inp // group_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.linear.weight * self.factor.repeat_interleave(self.group_size, dim=1)
+        return F.linear(x, w.to(x.dtype), self.linear.bias)
+
+    @torch.no_grad()
+    def commit(self) -> None:
+        self.linear.weight.mul_(self.factor.repeat_interleave(self.group_size, dim=1))
+
+
+def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    for parent in model.modules():
+        for key, child in parent._modules.items():
+            if child is old:
+                parent._modules[key] = new
+                return
+    raise ValueError("scale tuning: a layer to tune is not inside the model")
+
+
+@contextmanager
+def scale_tuning(model: nn.Module, linears: dict[str, nn.Linear], group_size: int,
+                 results: dict[str, LayerResult] | None = None) -> Iterator[None]:
+    """Tune the stored scales of ``linears`` too while the block runs (see the module doc).
+
+    Inside the block each layer of ``linears`` is replaced by a module whose scale factors are
+    parameters (found by :func:`tunable_parameters`); on a normal exit the tuned scales are
+    rounded to their stored precision and written into ``results`` and the layers' weights;
+    the original layers are put back either way.
+
+    Args:
+        model: the model holding ``linears``.
+        linears: the quantized layers by name.
+        group_size: input columns per group.
+        results: GLVQ's :class:`LayerResult` per name of ``linears`` (row and group scales are
+            tuned and updated in place); ``None`` for a baseline whose weight is a scale per row
+            and group times an integer grid (RTN, GPTQ without act-order).
+    """
+    if results is not None and set(results) != set(linears):
+        raise ValueError("scale tuning: the layers and their GLVQ results do not match")
+    swaps = {n: (_GLVQScales(lin, results[n], group_size) if results is not None
+                 else _GroupScales(lin, group_size)) for n, lin in linears.items()}
+    device = next(model.parameters()).device
+    for n, lin in linears.items():
+        _replace(model, lin, swaps[n].to(device))
+    try:
+        yield
+    finally:
+        for n, lin in linears.items():
+            _replace(model, swaps[n], lin)
+    for module in swaps.values():
+        module.commit()
+
+
+def _distance(student: object, teacher: object, objective: str) -> Tensor:
+    """The tuning loss between two model outputs (see :func:`tune_float_parameters`)."""
+    if objective == "kl":
+        target = F.log_softmax(_logits(teacher).float(), dim=-1)
+        pred = F.log_softmax(_logits(student).float(), dim=-1)
+        return F.kl_div(pred.flatten(0, 1), target.flatten(0, 1), log_target=True,
+                        reduction="batchmean")
+    h_s, h_t = (getattr(o, "last_hidden_state", None) for o in (student, teacher))
+    if not isinstance(h_t, Tensor) or not isinstance(h_s, Tensor):
+        raise TypeError(f"objective='hidden' needs a model output with last_hidden_state, got "
+                        f"{type(teacher).__name__}")
+    return (h_s.float() - h_t.float()).square().mean() / h_t.float().square().mean()
 
 
 def tune_float_parameters(model: nn.Module, teacher: nn.Module, calib: Tensor,
-                          settings: TuneSettings, progress: bool = True) -> list[float]:
+                          settings: TuneSettings, progress: bool = True,
+                          objective: str = "kl") -> list[float]:
     """Tune :func:`tunable_parameters` of ``model`` toward ``teacher`` on ``calib``, in place.
 
     Args:
-        model: the quantized causal LM (its quantized weights stay as they are).
+        model: the quantized model (its quantized weights stay as they are).
         teacher: the full-precision model (not changed).
         calib: ``(N, L)`` calibration token windows; each step takes ``settings.batch_size``
             of them at random and one random slice of ``settings.seq_len`` tokens.
         settings: steps, learning rate, batch, slice length, seed.
         progress: show a progress bar.
+        objective: ``"kl"`` (a causal LM: ``KL(p_fp || p_q)`` of the next-token distributions,
+            mean per token) or ``"hidden"`` (an encoder: the squared error of the last hidden
+            states relative to the teacher's mean square).
 
     Returns:
-        The loss (mean KL per token, nats) of every step.
+        The loss of every step (nats per token for ``"kl"``).
 
     Raises:
         ValueError: ``calib`` is not 2-D or shorter than ``settings.seq_len``; the model has no
-            tunable parameter; a loss is not finite.
+            tunable parameter; a loss is not finite; an unknown ``objective``.
     """
+    if objective not in ("kl", "hidden"):
+        raise ValueError(f"tuning objective must be 'kl' or 'hidden', got {objective!r}")
     s = settings
     if calib.dim() != 2 or calib.shape[1] < s.seq_len:
         raise ValueError(f"model.tune: need 2-D calibration windows of at least "
@@ -86,10 +231,8 @@ def tune_float_parameters(model: nn.Module, teacher: nn.Module, calib: Tensor,
             start = int(torch.randint(0, calib.shape[1] - s.seq_len + 1, (1,), generator=gen))
             x = calib[rows, start:start + s.seq_len].to(device)
             with torch.no_grad():
-                target = F.log_softmax(_logits(teacher(x)).float(), dim=-1)
-            pred = F.log_softmax(_logits(model(x)).float(), dim=-1)
-            loss = F.kl_div(pred.flatten(0, 1), target.flatten(0, 1), log_target=True,
-                            reduction="batchmean")
+                target = teacher(x)
+            loss = _distance(model(x), target, objective)
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise ValueError(f"model.tune: the loss became {value} at step "

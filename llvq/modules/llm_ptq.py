@@ -14,6 +14,7 @@ the export (:func:`llvq.llm.io.save_quantized`). The settings are one nested
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -33,7 +34,7 @@ from llvq.llm.io import save_quantized
 from llvq.llm.models import load_causal_lm, quantizable_linears
 from llvq.llm.ptq import BlockwisePTQ, dist_rank_world, layer_storage_bits, quantize_with_baseline
 from llvq.llm.settings import EvalSettings, GLVQSettings, LMSpec, PTQConfig, TuneSettings
-from llvq.llm.tune import tune_float_parameters
+from llvq.llm.tune import scale_tuning, tune_float_parameters
 from llvq.modules.step_job import StepJob
 
 log = logging.getLogger(__name__)
@@ -247,8 +248,11 @@ class LLMPTQModule(StepJob):
             tune = dataclasses.replace(tune, steps=1)
         teacher, _ = load_causal_lm(spec.name, spec.gguf_file, spec.dtype, seed=self.config.seed)
         teacher.to(next(self.lm.parameters()).device)
-        losses = tune_float_parameters(self.lm, teacher, self.ptq.calib_tokens, tune,
-                                       progress=self.trainer.is_global_zero)
+        scales = (scale_tuning(self.lm, self.ptq.named_layers(), self.settings.group_size,
+                               self.ptq.results) if tune.scales else contextlib.nullcontext())
+        with scales:
+            losses = tune_float_parameters(self.lm, teacher, self.ptq.calib_tokens, tune,
+                                           progress=self.trainer.is_global_zero)
         del teacher
         self.final["final/ppl_untuned"] = self.final["final/ppl"]
         self.final["final/ppl"] = self._perplexity("GLVQ + tuning")["ppl"]

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from llvq.llm.groups import dequantize, model_weight
 from llvq.llm.models import load_causal_lm, quantizable_linears
+from llvq.llm.ptq import layer_storage_bits
 from llvq.llm.settings import PTQConfig, TuneSettings
-from llvq.llm.tune import tunable_parameters, tune_float_parameters
-from tests.llm.test_glvq import _calib, _quantized_tiny
+from llvq.llm.tune import scale_tuning, tunable_parameters, tune_float_parameters
+from tests.llm.test_glvq import TINY, _calib, _quantized_tiny
 
 
 def _kl(model, teacher, x) -> float:
@@ -63,3 +67,98 @@ def test_bad_input_names_the_setting() -> None:
 def test_bad_tune_settings(tune, match) -> None:
     with pytest.raises((ValueError, TypeError), match=match):
         PTQConfig(tune=tune)
+
+
+@pytest.mark.parametrize("incoherence", [False, True])
+def test_scale_tuning_moves_only_the_stored_scales(incoherence: bool) -> None:
+    pytest.importorskip("transformers")
+    settings = replace(TINY, row_scale=True, incoherence=incoherence)
+    model, _, ptq = _quantized_tiny(2, settings)
+    teacher, _ = load_causal_lm("tiny-llama", seed=0)
+    held_out = _calib(4, 64, seed=9)
+    before = {n: (r.codes.clone(), r.scale.clone(), r.row_scale.clone(), layer_storage_bits(r))
+              for n, r in ptq.results.items()}
+    with torch.no_grad():
+        logits = model(held_out).logits
+    kl0 = _kl(model, teacher, held_out)
+    layers = ptq.named_layers()
+    s = TuneSettings(steps=30, lr=5e-3, batch_size=2, seq_len=32)
+    with scale_tuning(model, layers, settings.group_size, ptq.results):
+        factors = [n for n in tunable_parameters(model) if n.endswith((".row", ".col"))]
+        assert len(factors) == 2 * len(layers)
+        with torch.no_grad():  # the tuning layers start as the quantized model, exactly
+            torch.testing.assert_close(model(held_out).logits, logits, atol=1e-4, rtol=1e-4)
+        tune_float_parameters(model, teacher, _calib(8, 64), s, progress=False)
+    assert set(quantizable_linears(model).values()) == set(layers.values())  # put back
+    assert _kl(model, teacher, held_out) < kl0
+    moved = 0
+    for n, r in ptq.results.items():
+        codes, scale, row, bits = before[n]
+        assert torch.equal(r.codes, codes) and layer_storage_bits(r) == bits
+        assert r.scale.dtype == scale.dtype and r.row_scale.dtype == row.dtype
+        moved += int(not torch.equal(r.scale, scale)) + int(not torch.equal(r.row_scale, row))
+        stored = dequantize(r.codes, r.generator, r.mu, r.scale, r.row_scale, r.bits, r.compand,
+                            r.weight.shape[0], settings.group_size)
+        assert torch.equal(r.weight, stored)  # the model is what the stored scales give
+        assert torch.equal(layers[n].weight, model_weight(r))
+    assert moved > len(ptq.results)
+
+
+def test_group_scale_tuning_for_a_baseline() -> None:
+    pytest.importorskip("transformers")
+    model, _ = load_causal_lm("tiny-llama", seed=0)
+    teacher, _ = load_causal_lm("tiny-llama", seed=0)
+    layers = quantizable_linears(model)
+    with torch.no_grad():  # a stand-in for RTN/GPTQ weights: the teacher's, coarsened
+        for lin in layers.values():
+            lin.weight.copy_(torch.round(lin.weight * 8) / 8)
+    weights = {n: lin.weight.detach().clone() for n, lin in layers.items()}
+    x = _calib(4, 64, seed=9)
+    kl0 = _kl(model, teacher, x)
+    with scale_tuning(model, layers, 32):
+        tune_float_parameters(model, teacher, _calib(8, 64),
+                              TuneSettings(steps=20, lr=5e-3, seq_len=32), progress=False)
+    assert _kl(model, teacher, x) < kl0
+    for n, lin in layers.items():  # each (row, group of 32 columns) block moved by one factor
+        new, old = (t.view(t.shape[0], -1, 32) for t in (lin.weight.detach(), weights[n]))
+        f = (new * old).sum(-1, keepdim=True) / old.square().sum(-1, keepdim=True).clamp_min(1e-12)
+        torch.testing.assert_close(new, f * old, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(f, torch.ones_like(f))
+    with pytest.raises(ValueError, match="group_size=48 does not divide"), \
+            scale_tuning(model, layers, 48):
+        pass
+
+
+def test_hidden_state_objective_tunes_an_encoder() -> None:
+    transformers = pytest.importorskip("transformers")
+    import copy
+
+    from llvq.llm.tune import _distance
+
+    cfg = transformers.BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=64,
+                                  max_position_embeddings=64)
+    torch.manual_seed(0)
+    teacher = transformers.BertModel(cfg).eval()
+    model = copy.deepcopy(teacher)
+    layers = quantizable_linears(model)
+    with torch.no_grad():
+        for lin in layers.values():
+            lin.weight.copy_(torch.round(lin.weight * 32) / 32)
+    calib = torch.randint(0, 300, (16, 32), generator=torch.Generator().manual_seed(1))
+    held_out = torch.randint(0, 300, (8, 32), generator=torch.Generator().manual_seed(2))
+
+    def gap() -> float:
+        with torch.no_grad():
+            return float(_distance(model(held_out), teacher(held_out), "hidden"))
+
+    before = gap()
+    with scale_tuning(model, layers, 16):
+        losses = tune_float_parameters(model, teacher, calib, TuneSettings(
+            steps=30, lr=5e-3, batch_size=4, seq_len=32), progress=False, objective="hidden")
+    assert losses[-1] < losses[0] and gap() < before
+    with pytest.raises(ValueError, match="'kl' or 'hidden'"):
+        tune_float_parameters(model, teacher, calib, TuneSettings(steps=1, seq_len=32),
+                              progress=False, objective="mse")
+    with pytest.raises(TypeError, match="last_hidden_state"):
+        _distance(torch.zeros(2, 3), torch.zeros(2, 3), "hidden")
