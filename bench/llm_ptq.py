@@ -364,11 +364,11 @@ def main() -> None:
             if tuned[name] == "scales":
                 if method == "glvq":
                     scales = scale_tuning(model, ptq.named_layers(), args.group_size, ptq.results)
-                elif method in ("rtn", "gptq") and not row.get("act_order"):
+                elif method in ("rtn", "gptq", "awq") and not row.get("act_order"):
                     group = row.get("group_size", args.group_size)
                     scales = scale_tuning(model, quantizable_linears(model), group)
                 else:
-                    raise SystemExit(f"{name!r}: scale tuning needs GLVQ, RTN or GPTQ without "
+                    raise SystemExit(f"{name!r}: scale tuning needs GLVQ, RTN, AWQ or GPTQ without "
                                      f"act-order (a scale per row and group)")
             with scales:
                 losses = tune_float_parameters(model, teacher, calib, TuneSettings(

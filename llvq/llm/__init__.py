@@ -7,13 +7,15 @@ Modules: :mod:`~llvq.llm.settings` (the nested settings), :mod:`~llvq.llm.groups
 as a grouped problem: grouping, side information, initialisation, decoding),
 :mod:`~llvq.llm.glvq` (the alternating optimisation), :mod:`~llvq.llm.allocation` (bit widths),
 :mod:`~llvq.llm.baselines` (RTN, HQQ and the ``LLM_BASELINES`` registry),
-:mod:`~llvq.llm.gptq` (GPTQ, a calibrated baseline), :mod:`~llvq.llm.ptq`
+:mod:`~llvq.llm.gptq` (GPTQ) and :mod:`~llvq.llm.awq` (AWQ), calibrated baselines,
+:mod:`~llvq.llm.ptq`
 (block by block, DDP), :mod:`~llvq.llm.io` (export), :mod:`~llvq.llm.packed` (``GLVQLinear``:
 the packed layer of ``load_quantized(dir, packed=True)``), :mod:`~llvq.llm.eval` (perplexity).
 ``transformers`` (the ``llm`` extra) is imported only when a model is loaded.
 """
 
 from llvq.llm.allocation import allocate_bits
+from llvq.llm.awq import AWQBaseline, awq_quantize
 from llvq.llm.baselines import LLM_BASELINES, BaselineOutput, apply_baseline, rtn_quantize
 from llvq.llm.glvq import quantize_layer
 from llvq.llm.gptq import GPTQBaseline, gptq_quantize
@@ -26,6 +28,7 @@ from llvq.llm.settings import EvalSettings, GLVQSettings, LMSpec, PTQConfig
 
 __all__ = [
     "LLM_BASELINES",
+    "AWQBaseline",
     "BaselineOutput",
     "BlockwisePTQ",
     "EvalSettings",
@@ -37,6 +40,7 @@ __all__ = [
     "PTQConfig",
     "allocate_bits",
     "apply_baseline",
+    "awq_quantize",
     "dequantize",
     "gptq_quantize",
     "load_causal_lm",

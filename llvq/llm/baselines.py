@@ -14,9 +14,11 @@ The LLM PTQ module evaluates the names in ``model.eval.baselines`` on the full-p
 weights (``final/ppl_<name>``), and ``bench/llm_ptq.py`` / ``bench/llm_peers.py`` build theirs
 from here, so a package that registers a baseline (through an ``llvq.plugins`` entry point)
 is measured the same way. Built in: ``rtn`` (group-wise round to nearest), ``hqq``
-(half-quadratic quantization; needs the ``hqq`` package, imported only when it is built) and
-``gptq`` (:mod:`llvq.llm.gptq`). A baseline with ``calibrated = True`` is called as
-``baseline(w, h)`` with the layer's input second moment ``h``, and is run block by block on the
+(half-quadratic quantization; needs the ``hqq`` package, imported only when it is built),
+``gptq`` (:mod:`llvq.llm.gptq`) and ``awq`` (:mod:`llvq.llm.awq`). A baseline with
+``calibrated = True`` is called as ``baseline(w, h)`` with the layer's input second moment
+``h`` (plus the keyword arguments its ``inputs`` tuple names: ``abs_mean``, the mean ``|x_j|``
+per input column, and ``name``, the layer's name), and is run block by block on the
 calibration windows by :func:`llvq.llm.ptq.quantize_with_baseline`.
 """
 

@@ -137,17 +137,30 @@ class CalibrationWalk:
             c.hidden = _block_output(block(c.hidden, **c.kwargs))
 
     @torch.no_grad()
-    def hessians(self, i: int) -> dict[str, Tensor]:
-        """``H = sum x x^T`` (float64) of every linear layer of block ``i``, summed over ranks."""
+    def hessians(self, i: int, abs_means: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """``H = sum x x^T`` (float64) of every linear layer of block ``i``, summed over ranks.
+
+        Args:
+            i: the block.
+            abs_means: if given, filled with each layer's mean ``|x_j|`` per input column
+                (float64, over every calibration token of every rank; AWQ's statistic).
+        """
         sums: dict[str, Tensor] = {}
+        absum: dict[str, Tensor] = {}
+        counts: dict[str, int] = {}
         handles = []
         for n, m in self.layers[i].items():
             sums[n] = torch.zeros(m.in_features, m.in_features, dtype=torch.float64,
                                   device=m.weight.device)
+            if abs_means is not None:
+                absum[n] = torch.zeros(m.in_features, dtype=torch.float64, device=m.weight.device)
 
             def hook(_m: nn.Module, inp: tuple, _out: Any, key: str = n) -> None:
                 x = inp[0].reshape(-1, inp[0].shape[-1]).double()
                 sums[key].addmm_(x.T, x)
+                if key in absum:
+                    absum[key] += x.abs().sum(0)
+                    counts[key] = counts.get(key, 0) + x.shape[0]
 
             handles.append(m.register_forward_hook(hook))
         try:
@@ -159,8 +172,13 @@ class CalibrationWalk:
                 h.remove()
         _, world = dist_rank_world()
         if world > 1:
-            for v in sums.values():
+            for v in [*sums.values(), *absum.values()]:
                 dist.all_reduce(v)
+        for n, v in absum.items():
+            tokens = torch.tensor(float(counts.get(n, 0)), dtype=torch.float64, device=v.device)
+            if world > 1:
+                dist.all_reduce(tokens)
+            abs_means[n] = v / tokens.clamp_min(1.0)
         return sums
 
 
@@ -285,8 +303,10 @@ def quantize_with_baseline(model: nn.Module, calib_tokens: Tensor, baseline: Any
 
     A calibrated baseline (``calibrated = True``, e.g. GPTQ) gets each layer's ``H`` from the
     block's inputs, which are the outputs of the already-quantized blocks before it (GPTQ's
-    sequential order; the layers of one block share one pass, the reference's default). Any
-    other baseline is called on the weight alone. Weights are written in place.
+    sequential order; the layers of one block share one pass, the reference's default), and
+    as keyword arguments what its ``inputs`` tuple names: ``abs_mean`` (the mean ``|x_j|`` per
+    input column) and ``name`` (the layer's name); AWQ asks for both. Any other baseline is
+    called on the weight alone. Weights are written in place.
 
     Returns:
         ``{"bits_per_weight": ..., per-weight figures of the baseline's extra counts,
@@ -300,11 +320,22 @@ def quantize_with_baseline(model: nn.Module, calib_tokens: Tensor, baseline: Any
     blocks = range(len(walk.blocks))
     if progress:
         blocks = track(blocks, description=f"{type(baseline).__name__} blocks")
+    wants = tuple(getattr(baseline, "inputs", ()))
+    unknown = set(wants) - {"abs_mean", "name"}
+    if unknown:
+        raise ValueError(f"{type(baseline).__name__}.inputs asks for {sorted(unknown)}; "
+                         f"quantize_with_baseline provides 'abs_mean' and 'name'")
     for i in blocks:
-        hs = walk.hessians(i) if calibrated else {}
+        abs_means: dict[str, Tensor] | None = {} if "abs_mean" in wants else None
+        hs = walk.hessians(i, abs_means) if calibrated else {}
         for n, lin in walk.layers[i].items():
             w = lin.weight.detach().float().cpu()
-            res = baseline(w, hs[n].float().cpu()) if calibrated else baseline(w)
+            extra: dict[str, Any] = {}
+            if abs_means is not None:
+                extra["abs_mean"] = abs_means[n].float().cpu()
+            if "name" in wants:
+                extra["name"] = n
+            res = baseline(w, hs[n].float().cpu(), **extra) if calibrated else baseline(w)
             lin.weight.copy_(res.weight.to(lin.weight))
             tally.add(res, w.numel())
         if calibrated:

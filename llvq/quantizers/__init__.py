@@ -12,6 +12,7 @@ from llvq.quantizers import (
     identity,  # noqa: F401
     lattice,  # noqa: F401
     llvq,  # noqa: F401
+    projected,  # noqa: F401
     statqat,  # noqa: F401
     turbo_lattice,  # noqa: F401
     turbo_scalar,  # noqa: F401

@@ -23,8 +23,12 @@ NAMES = list_quantizers()
 OWN = sorted(n for n, cls in QUANTIZERS.items() if cls.__module__.startswith("llvq."))
 
 
+#: own quantizers whose gradient through z_q is not the identity by design
+NOT_IDENTITY = {"projected": "learned linear maps around the inner quantizer's straight-through"}
+
+
 def _mode(name: str) -> str:
-    return "exact" if name in OWN else "any"
+    return "exact" if name in OWN and name not in NOT_IDENTITY else "any"
 
 
 @pytest.mark.parametrize("dim", [16, 64])
@@ -41,7 +45,7 @@ EMPTY_BATCH_BUGS: dict[str, str] = {}
     pytest.param(n, marks=pytest.mark.xfail(reason=EMPTY_BATCH_BUGS[n], strict=True))
     if n in EMPTY_BATCH_BUGS else n for n in OWN])
 def test_contract_on_an_empty_batch(name: str) -> None:
-    check_quantizer(build(name, dim=16), empty_batch=True)
+    check_quantizer(build(name, dim=16), straight_through=_mode(name), empty_batch=True)
 
 
 @pytest.mark.parametrize("name", NAMES)
