@@ -3,7 +3,8 @@
 Every bottleneck trains in the same autoencoder (`model=autoencoder`, D = 64, batch 32, Adam
 1e-3) on the same pre-drawn `photos` batches for the same number of steps, over several seeds;
 each family's rate is swept (VQ: K; FSQ: levels; LFQ: K; LL-VQ: `target_bits`; E8 / Z8
-lattices: fixed scale). On the 512 validation crops (32,768 latent vectors) it reports
+lattices: fixed scale; E8 / D4 on a learned projection, `projected`: the commitment weight).
+On the 512 validation crops (32,768 latent vectors) it reports
 val MSE / PSNR, distinct codes, the code entropy in bits per latent vector (the plug-in entropy
 of whole code vectors: the real rate of a coder with one prior per vector; capped at
 log2 32,768 = 15 bits; also over the last 16 training batches, `train_bits_per_vector`), the
@@ -23,6 +24,7 @@ rest. Writes bench/results/ae_rd.json and bench/results/ae_rd.png.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -56,6 +58,15 @@ SWEEP: dict[str, list[tuple[str, str, list[str]]]] = {
            for s in (0.5, 1.0, 2.0)],
     "zn": [(f"zn scale={s}", "zn", [f"++model.quantizer.scale={s}",
                                     "++model.quantizer.learn_scale=false"]) for s in (1.0, 2.0)],
+    # E8 / D4 on a learned projection to 8 / 4 coordinates: the commitment weight beta sets the
+    # rate (the encoder undoes a fixed lattice scale), beta=0 the highest
+    "projected": [(f"projected E8/8 beta={b}", "projected", [f"model.quantizer.inner.beta={b}"])
+                  for b in (0.5, 0.25, 0.1, 0.05, 0.0)]
+    + [("projected E8/8 beta=0.0 scale=0.25", "projected",
+        ["model.quantizer.inner.beta=0.0", "model.quantizer.inner.scale=0.25"])],
+    "projected_d4": [(f"projected_d4 D4/4 beta={b}", "projected",
+                      ["model.quantizer.project_dim=4", "model.quantizer.inner.name=dn",
+                       f"model.quantizer.inner.beta={b}"]) for b in (0.05, 0.0)],
     "vqp_vq": [(f"vqp_vq K={k}", "vqp_vq", [f"++model.quantizer.codebook_size={k}"])
                for k in (16, 512)],
     "vqp_fsq": [(f"vqp_fsq levels={lv}", "vqp_fsq", [f"++model.quantizer.levels={lv}"])
@@ -69,7 +80,7 @@ SWEEP: dict[str, list[tuple[str, str, list[str]]]] = {
 #: training batches (of 32 crops) whose code entropy is reported as ``train_bits_per_vector``
 TRAIN_RATE_BATCHES = 16
 PEER_FAMILIES = ("vqp_vq", "vqp_fsq", "vqp_lfq", "vqp_rvq", "vqp_simvq")
-LATTICE_FAMILIES = ("llvq", "e8", "zn")
+LATTICE_FAMILIES = ("llvq", "e8", "zn", "projected", "projected_d4")
 
 
 def compose_model(name: str, overrides: list[str]):
@@ -207,7 +218,8 @@ def plot(summary: list[dict], path: Path, title: str) -> None:
     if ident:
         ax.axhline(ident["val_mse"], color="k", ls=":", lw=1, label="identity (no bottleneck)")
     families = dict.fromkeys(family_of(s["label"]) for s in summary if "bits_per_vector" in s)
-    for fam in families:
+    colors = plt.get_cmap("tab20").colors  # more families than tab10 has colours
+    for i, fam in enumerate(families):
         pts = sorted((s for s in summary if family_of(s["label"]) == fam and "bits_per_vector" in s
                       and "paper" not in s["label"]), key=lambda s: s["bits_per_vector"])
         paper = [s for s in summary if family_of(s["label"]) == fam and "paper" in s["label"]]
@@ -217,7 +229,7 @@ def plot(summary: list[dict], path: Path, title: str) -> None:
             line = ax.errorbar([s["bits_per_vector"] for s in pts], [s["val_mse"] for s in pts],
                                xerr=[s["bits_per_vector_sd"] for s in pts],
                                yerr=[s["val_mse_sd"] for s in pts], ls=style, marker=marker,
-                               capsize=3, label=fam)
+                               capsize=3, label=fam, color=colors[(2 * i) % 20 + (2 * i) // 20])
             color = line[0].get_color()
         else:
             color = None
@@ -253,7 +265,16 @@ def main() -> None:
                         help="torch threads (1: no oversubscription on a shared machine)")
     parser.add_argument("--name", default="ae_rd", help="result name under bench/results/")
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument("--replot", action="store_true",
+                        help="only redraw bench/results/<name>.png from <name>.json")
     args = parser.parse_args()
+    if args.replot:
+        saved = json.loads((RESULTS / f"{args.name}.json").read_text())
+        png = RESULTS / f"{args.name}.png"
+        steps, seeds = saved["settings"]["steps"], saved["settings"]["seeds"]
+        plot(saved["summary"], png, f"photos, D=64, {steps} steps, seeds {seeds} (mean ± sd)")
+        print(f"wrote {png}")
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
