@@ -31,7 +31,8 @@ from tests.conftest import compose_train
 TINY = ["data=digits", "model.encoder.channels=[8]", "model.encoder.num_residual=1",
         "model.latent_dim=8"]  # 8×8 digits -> 4×4 grid of 8-wide latents
 QUANTIZERS = {"llvq": [], "vq": ["model.quantizer.codebook_size=16"],
-              "e8": ["model.quantizer.dither=true", "model.quantizer.scale=0.3"]}
+              "e8": ["model.quantizer.dither=true", "model.quantizer.scale=0.3"],
+              "projected": ["model.quantizer.inner.scale=0.3"]}  # E8 on 8 projected coordinates
 
 
 def _model_and_loader(name: str, tmp_path: Path):
