@@ -1,4 +1,4 @@
-"""LLM weight quantization benchmark: perplexity of fp, RTN, GPTQ, HQQ and GLVQ (+ ablations).
+"""LLM weight quantization benchmark: perplexity of fp, RTN, GPTQ, AWQ, HQQ and GLVQ (+ ablations).
 
     python bench/llm_ptq.py                              # SmolLM2-135M, the full grid
     python bench/llm_ptq.py --model tiny-llama --group-size 64 --lattice-dim 4 --no-row-scale
@@ -8,7 +8,7 @@
     python bench/llm_ptq.py --replot --name llm_curves --merge bench/results/llm_*.json
 
 A baseline name is ``<baseline>-<bits>`` with optional `` g<group size>`` (default
-``--group-size``) and `` act-order`` (GPTQ's column order); calibrated baselines (GPTQ) run
+``--group-size``) and `` act-order`` (GPTQ's column order); calibrated baselines (GPTQ, AWQ) run
 block by block on the calibration windows GLVQ uses (:func:`llvq.llm.ptq.quantize_with_baseline`).
 A name ending in `` +tune`` (``"glvq-2 incoherence +tune"``, ``"gptq-2 +tune"``) then tunes the
 float parameters left (norm weights) against the full-precision model on the calibration
@@ -16,7 +16,7 @@ windows (:func:`llvq.llm.tune.tune_float_parameters`, ``--tune-steps`` Adam step
 ``--tune-lr``, 2 slices of 256 tokens per step): the row has ``ppl_untuned`` and ``ppl``. Any
 method can be tuned the same way, so GLVQ + tuning is compared with GPTQ + tuning. A name ending
 in `` +tune+scales`` also tunes the scales each method stores (:func:`llvq.llm.tune.scale_tuning`:
-GLVQ's float16 row and group scales; RTN's and GPTQ's scale per row and group, not with
+GLVQ's float16 row and group scales; RTN's, AWQ's and GPTQ's scale per row and group, not with
 act-order); codes and bits stay as they are.
 ``--plot`` draws perplexity against bits per weight for every method of the run and of the
 ``--merge`` result files.
