@@ -106,7 +106,7 @@ def awq_quantize(w: Tensor, h: Tensor, abs_mean: Tensor, bits: int, group_size: 
         lim, least = top.clone(), None
         for i in range(int(max_shrink * grid)):
             cur = top * (1 - i / grid)
-            wc = torch.maximum(torch.minimum(Ws.reshape(out, m, group_size), cur), -cur)
+            wc = Ws.reshape(out, m, group_size).clamp(-cur, cur)
             q = rtn_quantize(wc.reshape(out, cols), bits, group_size)[0]
             err = _group_errors(Ws - q, hb, group_size)
             if least is None:
@@ -115,8 +115,7 @@ def awq_quantize(w: Tensor, h: Tensor, abs_mean: Tensor, bits: int, group_size: 
             better = err < least
             least = torch.where(better, err, least)
             lim = torch.where(better[..., None], cur, lim)
-        Ws = torch.maximum(torch.minimum(Ws.reshape(out, m, group_size), lim), -lim)
-        Ws = Ws.reshape(out, cols)
+        Ws = Ws.reshape(out, m, group_size).clamp(-lim, lim).reshape(out, cols)
     w_hat, bpw = rtn_quantize(Ws, bits, group_size)
     return w_hat / best_s, bpw, best_a
 

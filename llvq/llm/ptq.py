@@ -312,6 +312,11 @@ def quantize_with_baseline(model: nn.Module, calib_tokens: Tensor, baseline: Any
         ``{"bits_per_weight": ..., per-weight figures of the baseline's extra counts,
         "weights": n}``, as :func:`llvq.llm.baselines.apply_baseline`.
     """
+    wants = tuple(getattr(baseline, "inputs", ()))  # checked before the calibration pass
+    unknown = set(wants) - {"abs_mean", "name"}
+    if unknown:
+        raise ValueError(f"{type(baseline).__name__}.inputs asks for {sorted(unknown)}; "
+                         f"quantize_with_baseline provides 'abs_mean' and 'name'")
     walk = CalibrationWalk(model, calib_tokens, batch_size, name)
     calibrated = bool(getattr(baseline, "calibrated", False))
     if calibrated:
@@ -320,11 +325,6 @@ def quantize_with_baseline(model: nn.Module, calib_tokens: Tensor, baseline: Any
     blocks = range(len(walk.blocks))
     if progress:
         blocks = track(blocks, description=f"{type(baseline).__name__} blocks")
-    wants = tuple(getattr(baseline, "inputs", ()))
-    unknown = set(wants) - {"abs_mean", "name"}
-    if unknown:
-        raise ValueError(f"{type(baseline).__name__}.inputs asks for {sorted(unknown)}; "
-                         f"quantize_with_baseline provides 'abs_mean' and 'name'")
     for i in blocks:
         abs_means: dict[str, Tensor] | None = {} if "abs_mean" in wants else None
         hs = walk.hessians(i, abs_means) if calibrated else {}
