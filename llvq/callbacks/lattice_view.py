@@ -2,8 +2,10 @@
 
 For any lattice bottleneck (``vector_codes``: codes are integer vectors ``u``) the basis is read
 through the codes contract alone: basis vector ``k`` is ``decode(e_k) − decode(0)`` (subtractive
-dither cancels in the difference), a ``(D, D)`` matrix ``B`` whose rows span the lattice —
-``diag B`` for LL-VQ-VAE's diagonal lattice (eq. 5), ``s·G`` per block for a product lattice.
+dither and an affine decoder's offset cancel in the difference), a ``(k, D)`` matrix ``B`` —
+``k`` the code width, ``D`` for most lattices — whose rows span the lattice in latent space:
+``diag B`` for LL-VQ-VAE's diagonal lattice (eq. 5), ``s·G`` per block for a product lattice,
+``k`` rows in ``D`` dimensions for a lattice on a projection (``projected``).
 
 The figure has ``num_pairs`` panels of 2-D projections onto pairs of latent axes, those along
 which the lattice points in use vary most first: the latents of the first validation batch (grey), the lattice points they quantize to (red) and,
@@ -31,10 +33,11 @@ __all__ = ["LatticeView", "lattice_basis"]
 
 @torch.no_grad()
 def lattice_basis(quantizer: Quantizer) -> Tensor:
-    """Rows ``b_k = decode(e_k) − decode(0)``: the ``(D, D)`` basis of a lattice quantizer."""
-    dim = quantizer.dim
+    """Rows ``b_k = decode(e_k) − decode(0)``: the ``(k, D)`` basis of a lattice quantizer
+    whose codes are ``k``-vectors (``k = D`` unless the lattice sits on a projection)."""
+    width = quantizer.code_shape(())[-1]
     device = next((t.device for t in quantizer.state_dict().values()), torch.device("cpu"))
-    eye = torch.eye(dim, dtype=torch.int64, device=device)  # (D, D)
+    eye = torch.eye(width, dtype=torch.int64, device=device)  # (k, k)
     return (quantizer.decode(eye) - quantizer.decode(torch.zeros_like(eye))).double().cpu()
 
 
@@ -59,7 +62,7 @@ class LatticeView(Callback):
                              "must be >= 1")
         self.num_pairs, self.max_points = num_pairs, max_points
         self.every_n_epochs, self.tag = every_n_epochs, tag
-        self.basis_history: list[Tensor] = []  # ‖b_k‖ per validation epoch, each (D,)
+        self.basis_history: list[Tensor] = []  # ‖b_k‖ per validation epoch, each (k,)
         self.epochs: list[int] = []
         self._points: tuple[Tensor, Tensor] | None = None
         self._skipped = False
@@ -90,8 +93,8 @@ class LatticeView(Callback):
         q = quantizer_of(pl_module)
         if trainer.sanity_checking or not _is_lattice(q):
             return
-        basis = lattice_basis(q)  # (D, D)
-        self.basis_history.append(basis.norm(dim=1).float())  # (D,)
+        basis = lattice_basis(q)  # (k, D)
+        self.basis_history.append(basis.norm(dim=1).float())  # (k,)
         self.epochs.append(trainer.current_epoch)
         self._draw(trainer, basis)
 
@@ -117,7 +120,8 @@ class LatticeView(Callback):
         pairs = [(order[2 * k], order[2 * k + 1]) for k in range(min(self.num_pairs, max(dim // 2, 1)))]
         fig = Figure(figsize=(3.2 * (len(pairs) + 1), 3.2))
         axes = fig.subplots(1, len(pairs) + 1)
-        diagonal = bool((basis - torch.diag(torch.diagonal(basis))).abs().max() < 1e-9)
+        diagonal = basis.shape[0] == basis.shape[1] and \
+            bool((basis - torch.diag(torch.diagonal(basis))).abs().max() < 1e-9)
         for ax, (i, j) in zip(axes, pairs):
             ax.scatter(z[:, i], z[:, j], s=3, c="0.6", alpha=0.5, linewidths=0, label="latents")
             ax.scatter(zq[:, i], zq[:, j], s=12, c="tab:red", marker="x", linewidths=0.8,
@@ -139,7 +143,7 @@ class LatticeView(Callback):
         axes[0].legend(fontsize=7, loc="upper left")
         ax = axes[-1]
         if self.basis_history:
-            hist = torch.stack(self.basis_history)  # (E, D)
+            hist = torch.stack(self.basis_history)  # (E, k)
             ax.plot(self.epochs, hist.numpy(), lw=0.6, alpha=0.7, marker=".", ms=2)
         ax.set_title("basis lengths ‖b_k‖ by epoch", fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)

@@ -51,3 +51,14 @@ def test_lattice_basis_through_the_contract(name: str, kwargs: dict) -> None:
     expected = torch.diag(torch.tensor([0.5, 2.0, 1.0, 3.0])) if name == "llvq" \
         else 0.5 * torch.eye(4, dtype=torch.float64)
     torch.testing.assert_close(basis, expected.double(), rtol=1e-6, atol=1e-6)
+
+
+def test_lattice_on_a_projection_has_a_k_by_d_basis_and_a_picture(tmp_path: Path) -> None:
+    """``projected``: codes are 8-vectors, latents 16-wide; the basis is W_out's image of E8's."""
+    q = build("projected", dim=16, inner={"name": "zn", "n": 8, "scale": 0.5},
+              project_dim=8).eval()
+    basis = lattice_basis(q)
+    torch.testing.assert_close(basis, 0.5 * q.proj_out.weight.T.double(), rtol=1e-5, atol=1e-6)
+    tags = _events(tmp_path, build("projected", dim=3, inner={"name": "zn", "n": 2},
+                                   project_dim=2)).Tags()
+    assert "val/lattice" in tags["images"]
