@@ -8,8 +8,12 @@
     python bench/llm_ptq.py --replot --name llm_curves --merge bench/results/llm_*.json
 
 A baseline name is ``<baseline>-<bits>`` with optional `` g<group size>`` (default
-``--group-size``) and `` act-order`` (GPTQ's column order); calibrated baselines (GPTQ, AWQ) run
-block by block on the calibration windows GLVQ uses (:func:`llvq.llm.ptq.quantize_with_baseline`).
+``--group-size``) and `` act-order`` (GPTQ's column order); calibrated baselines (GPTQ, AWQ,
+E8P) run block by block on the calibration windows GLVQ uses
+(:func:`llvq.llm.ptq.quantize_with_baseline`). ``e8p-2`` is QuIP#'s quantizer without its
+fine-tuning (:mod:`llvq.llm.e8p`). A GLVQ name is ``glvq-<bits>`` (any target, e.g. 2.5) with
+optional `` incoherence``, `` act-order``, `` e8p`` (``model.glvq.code=e8p``: every group 2 bits,
+no compander tried) and `` vector-feedback`` (``model.glvq.vector_feedback``), in that order.
 A name ending in `` +tune`` (``"glvq-2 incoherence +tune"``, ``"gptq-2 +tune"``) then tunes the
 float parameters left (norm weights) against the full-precision model on the calibration
 windows (:func:`llvq.llm.tune.tune_float_parameters`, ``--tune-steps`` Adam steps at
@@ -108,7 +112,8 @@ def split_tune(name: str) -> tuple[str, str | None]:
         return name.removesuffix(TUNE), "norms"
     return name, None
 PEER_NAME = re.compile(r"gptqmodel-(?P<bits>\d+)(?: g(?P<group>\d+))?(?P<act> act-order)?(?P<asym> asym)?")
-GLVQ_NAME = re.compile(r"glvq-(?P<bits>\d+(?:\.\d+)?)(?P<inc> incoherence)?(?P<act> act-order)?")
+GLVQ_NAME = re.compile(r"glvq-(?P<bits>\d+(?:\.\d+)?)(?P<inc> incoherence)?(?P<act> act-order)?"
+                       r"(?P<e8p> e8p)?(?P<vf> vector-feedback)?")
 BASELINE_NAME = re.compile(r"(?P<method>[\w.]+)-(?P<bits>\d+)(?: g(?P<group>\d+))?(?P<act> act-order)?")
 
 
@@ -288,15 +293,19 @@ def main() -> None:
             grid[n] = (match["method"], int(match["bits"]), None, None)
         elif n not in grid and GLVQ_NAME.fullmatch(n):  # any (fractional) target, e.g. glvq-2.5
             g = GLVQ_NAME.fullmatch(n)
-            grid[n] = ("glvq", float(g["bits"]), True, True,
-                       {"incoherence": bool(g["inc"]), "act_order": bool(g["act"])})
+            # e8p: every group 2 bits (no allocation) and no compander tried (the ball shapes
+            # the code; after incoherence 0.05 % of 2-bit box groups chose one)
+            grid[n] = ("glvq", float(g["bits"]), not g["e8p"], not g["e8p"],
+                       {"incoherence": bool(g["inc"]), "act_order": bool(g["act"]),
+                        "code": "e8p" if g["e8p"] else "box",
+                        "vector_feedback": bool(g["vf"])})
         elif n not in grid and PEER_NAME.fullmatch(n):
             grid[n] = ("gptqmodel", int(PEER_NAME.fullmatch(n)["bits"]), None, None)
     unknown = [n for n in names if split_tune(n)[0] not in grid]
     if unknown:
         raise SystemExit(f"unknown configurations {unknown}; known: {list(GRID)} and "
                          f"<baseline>-<bits> for the baselines {LLM_BASELINES.names()}, "
-                         f"glvq-<bits>[ incoherence][ act-order] and gptqmodel-<bits>, each with an "
+                         f"glvq-<bits>[ incoherence][ act-order][ e8p][ vector-feedback] and gptqmodel-<bits>, each with an "
                          f"optional '{TUNE}' or '{TUNE_SCALES}'")
     t0 = time.time()
     model, tok = load_causal_lm(args.model, seed=args.seed)

@@ -7,7 +7,8 @@ Modules: :mod:`~llvq.llm.settings` (the nested settings), :mod:`~llvq.llm.groups
 as a grouped problem: grouping, side information, initialisation, decoding),
 :mod:`~llvq.llm.glvq` (the alternating optimisation), :mod:`~llvq.llm.allocation` (bit widths),
 :mod:`~llvq.llm.baselines` (RTN, HQQ and the ``LLM_BASELINES`` registry),
-:mod:`~llvq.llm.gptq` (GPTQ) and :mod:`~llvq.llm.awq` (AWQ), calibrated baselines,
+:mod:`~llvq.llm.gptq` (GPTQ), :mod:`~llvq.llm.awq` (AWQ) and :mod:`~llvq.llm.e8p` (QuIP#'s E8P
+codebook with BlockLDLQ), calibrated baselines,
 :mod:`~llvq.llm.ptq`
 (block by block, DDP), :mod:`~llvq.llm.io` (export), :mod:`~llvq.llm.packed` (``GLVQLinear``:
 the packed layer of ``load_quantized(dir, packed=True)``), :mod:`~llvq.llm.eval` (perplexity).
@@ -17,6 +18,7 @@ the packed layer of ``load_quantized(dir, packed=True)``), :mod:`~llvq.llm.eval`
 from llvq.llm.allocation import allocate_bits
 from llvq.llm.awq import AWQBaseline, awq_quantize
 from llvq.llm.baselines import LLM_BASELINES, BaselineOutput, apply_baseline, rtn_quantize
+from llvq.llm.e8p import E8PBaseline, e8p_quantize
 from llvq.llm.glvq import quantize_layer
 from llvq.llm.gptq import GPTQBaseline, gptq_quantize
 from llvq.llm.groups import LayerResult, dequantize
@@ -31,6 +33,7 @@ __all__ = [
     "AWQBaseline",
     "BaselineOutput",
     "BlockwisePTQ",
+    "E8PBaseline",
     "EvalSettings",
     "GLVQLinear",
     "GLVQSettings",
@@ -42,6 +45,7 @@ __all__ = [
     "apply_baseline",
     "awq_quantize",
     "dequantize",
+    "e8p_quantize",
     "gptq_quantize",
     "load_causal_lm",
     "load_quantized",

@@ -94,7 +94,7 @@ def _optimise(prob: LayerProblem, bits: Tensor, s: GLVQSettings,
     def current() -> tuple[Tensor, Tensor, Tensor]:
         with torch.no_grad():
             st = st0.replace(generator=g0 @ (eye + a), mu=logit_to_mu(mu_logit))
-            k = q.lattice_codes(q.forward_transform(prob.x, st), st)
+            k = prob.codes(st)
             w_cur = prob.weight(q.reconstruct(k, st))
             return prob.errors(w_cur), k, w_cur
 
@@ -124,17 +124,17 @@ def _optimise(prob: LayerProblem, bits: Tensor, s: GLVQSettings,
     with torch.no_grad():
         g, mu = round_side(g0 @ (eye + best_a), logit_to_mu(best_mu))
         st = st0.replace(generator=g, mu=mu)
-        k = q.lattice_codes(q.forward_transform(prob.x, st), st)
+        k = prob.codes(st)
         w_hat = prob.weight(q.reconstruct(k, st))
         rel = float(group_hessian_error(prob.w - w_hat, prob.h_blocks, s.group_size).sum()
                     / prob.ref.sum())
         rel_init = float((err_init * prob.ref).sum() / prob.ref.sum())
-        codes = (k + 2.0 ** (st.bits.view(-1, 1, 1) - 1)).to(torch.int16)
+        codes = (k + q.code_offset(st)).to(torch.int16)
     return LayerResult(codes=codes, generator=g.to(SIDE_DTYPE), mu=mu.to(SIDE_DTYPE),
                        scale=st.scale.to(SIDE_DTYPE),
                        row_scale=None if prob.row_scale is None else prob.row_scale.to(SIDE_DTYPE),
                        bits=st.bits.clone(), weight=w_hat, error=rel, error_init=rel_init,
-                       outer_steps=outer, compand=st.compand.clone(),
+                       outer_steps=outer, compand=st.compand.clone(), code=s.code,
                        extra={"weight_init": w_init})
 
 
@@ -187,10 +187,11 @@ def _quantize_with_feedback(w: Tensor, h: Tensor, bits: Tensor, s: GLVQSettings,
     scale = torch.cat([p.scale for p in parts])
     compand = torch.cat([p.compand for p in parts])
     rs = None if row_scale is None else row_scale.to(SIDE_DTYPE)
-    w_hat = dequantize(codes, gen, mu, scale, rs, bits, compand, out, gs)
+    w_hat = dequantize(codes, gen, mu, scale, rs, bits, compand, out, gs, s.code)
     rel = relative_error(w, w_hat, h.float())
     # the same quantizer without feedback or optimisation, for reference
     rel_init = relative_error(w, LayerProblem(w, h, s, name).initial_weight(bits), h.float())
     return LayerResult(codes=codes, generator=gen, mu=mu, scale=scale, row_scale=rs, bits=bits,
                        weight=w_hat, error=rel, error_init=rel_init,
-                       outer_steps=max(p.outer_steps for p in parts), compand=compand)
+                       outer_steps=max(p.outer_steps for p in parts), compand=compand,
+                       code=s.code)

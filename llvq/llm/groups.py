@@ -27,7 +27,6 @@ from llvq.quantizers.glvq import (
     MU_MIN,
     GLVQState,
     GroupedLatticeQuantizer,
-    gaussian_step,
     logit_to_mu,
     mu_to_logit,
 )
@@ -72,6 +71,8 @@ class LayerResult:
         error_init: the same for the initial quantizer (no gradient step, no error feedback).
         outer_steps: alternations run (largest over groups).
         compand: ``(M,)`` bool, the groups that use the µ-law compander.
+        code: ``"box"`` or ``"e8p"``, the code of every group (``model.glvq.code``; E8P codes
+            are stored as 8 base-4 digits per vector, see :mod:`llvq.quantizers.glvq`).
         rotation_seed: with incoherence processing, the seed of the layer's transforms
             (:mod:`llvq.llm.incoherence`): ``codes`` ... ``weight`` describe the *rotated*
             weight, and :func:`model_weight` gives the layer's own; ``None`` without.
@@ -90,6 +91,7 @@ class LayerResult:
     outer_steps: int
     compand: Tensor = field(default_factory=lambda: torch.ones(0, dtype=torch.bool))
     rotation_seed: int | None = None
+    code: str = "box"
     extra: dict = field(default_factory=dict)
 
 
@@ -170,10 +172,10 @@ def round_side(generator: Tensor, mu: Tensor) -> tuple[Tensor, Tensor]:
 
 def dequantize(codes: Tensor, generator: Tensor, mu: Tensor, scale: Tensor,
                row_scale: Tensor | None, bits: Tensor, compand: Tensor, out_features: int,
-               group_size: int) -> Tensor:
+               group_size: int, code: str = "box") -> Tensor:
     """The weight ``(out, in)`` from stored codes and side information (float32)."""
     m, _, d = codes.shape
-    q = GroupedLatticeQuantizer(d, groups=m, learnable=False)
+    q = GroupedLatticeQuantizer(d, groups=m, learnable=False, code=code)
     with torch.no_grad():
         mu_held = logit_to_mu(mu_to_logit(mu.float().clamp(MU_MIN, MU_MAX)))
         g, mu_eff = round_side(generator.float(), mu_held)
@@ -228,7 +230,9 @@ class LayerProblem:
                else torch.full((self.m,), MU_MIN))
         self.mu_logit0 = mu_to_logit(mu0.float())  # µ is held (and learned) as a logit
         self.ref = group_hessian_error(self.w, self.h_blocks, s.group_size).clamp_min(1e-20)
-        self.q = GroupedLatticeQuantizer(s.lattice_dim, groups=self.m, learnable=False)
+        self.q = GroupedLatticeQuantizer(s.lattice_dim, groups=self.m, learnable=False,
+                                         code=s.code)
+        self._chol: Tensor | None = None  # per-group factors for vector feedback, on first use
 
     def weight(self, x_hat: Tensor) -> Tensor:
         w = ungroup_weight(x_hat, self.out, self.s.group_size)
@@ -248,11 +252,49 @@ class LayerProblem:
                          mu=logit_to_mu(self.mu_logit0), scale=self.scale,
                          bits=torch.as_tensor(bits).to(torch.int64).flatten(), compand=mask)
 
-    def reconstruct_weight(self, state: GLVQState, y: Tensor | None = None) -> Tensor:
-        """The weight the state codes ``self.x`` to (``y``: its companded vectors if known)."""
+    def codes(self, state: GLVQState, y: Tensor | None = None) -> Tensor:
+        """The codes of ``self.x`` under ``state`` (``y``: its companded vectors if known).
+
+        Each vector on its own (Babai rounding / nearest E8P point), or with
+        ``settings.vector_feedback`` one position of ``d`` columns after another inside each
+        group, the error of each folded into the group's columns not yet coded through the
+        group's Hessian (BlockLDLQ inside the group, batched over groups and rows); groups
+        that compand are coded vector by vector.
+        """
         q = self.q
         y = q.forward_transform(self.x, state) if y is None else y
-        return self.weight(q.reconstruct(q.lattice_codes(y, state), state))
+        if not self.s.vector_feedback:
+            return q.lattice_codes(y, state)
+        return self._feedback_codes(y, state)
+
+    def _feedback_codes(self, y: Tensor, state: GLVQState) -> Tensor:
+        q, d, gs = self.q, self.s.lattice_dim, self.s.group_size
+        if self._chol is None:  # U: upper Cholesky factor of H_g^-1 per group (damped)
+            hb = self.h_blocks.double()
+            mean = hb.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12).view(-1, 1, 1)
+            hb = hb + max(self.s.damp, 1e-6) * mean * torch.eye(gs, dtype=torch.float64)
+            u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hb)),
+                                      upper=True)
+            self._chol = u.float()
+        u = self._chol
+        m = y.shape[0]
+        work = y.reshape(m, self.out, gs).clone()
+        keep = (~state.compand).to(y.dtype).view(-1, 1, 1)  # no feedback where a group compands
+        codes = torch.empty_like(work)
+        eye = torch.eye(d, dtype=u.dtype)
+        for j in range(0, gs, d):
+            c = slice(j, j + d)
+            k = q.lattice_codes(work[:, :, c], state)
+            codes[:, :, c] = k
+            if j + d < gs:
+                err = (work[:, :, c] - q.points(k, state)) * keep
+                ucc_inv = torch.linalg.solve_triangular(u[:, c, c], eye, upper=True)
+                work[:, :, j + d:] -= err @ (ucc_inv @ u[:, c, j + d:])
+        return codes.reshape(y.shape)
+
+    def reconstruct_weight(self, state: GLVQState, y: Tensor | None = None) -> Tensor:
+        """The weight the state codes ``self.x`` to (``y``: its companded vectors if known)."""
+        return self.weight(self.q.reconstruct(self.codes(state, y), state))
 
     @torch.no_grad()
     def init_state(self, bits: Tensor) -> tuple[GLVQState, Tensor]:
@@ -278,7 +320,7 @@ class LayerProblem:
         cov = y.transpose(1, 2) @ y / y.shape[1]
         cov = cov + 1e-6 * cov.diagonal(dim1=1, dim2=2).mean(1).view(-1, 1, 1) * torch.eye(d)
         chol = torch.linalg.cholesky(cov.double()).float().transpose(1, 2)  # rows = basis
-        steps = torch.tensor([gaussian_step(int(b)) for b in state.bits.tolist()]).view(-1, 1, 1)
+        steps = self.q.steps(state.bits).view(-1, 1, 1)
         best_err = torch.full((self.m,), math.inf)
         best = chol * steps
         for c in self.s.init_scales:

@@ -16,7 +16,9 @@ Layout of an export directory::
     config.json             the model's Hugging Face config
     tokenizer/              the tokenizer
     manifest.json           format, source model, settings, per-layer shapes, bit widths and
-                            errors (and rotation seeds with incoherence processing),
+                            errors (and rotation seeds with incoherence processing, and
+                            ``"code": "e8p"`` for layers coded with E8P: their codes are the
+                            16-bit E8P indices as 8 base-4 digits, 2 bits each),
                             effective bits, a size report, the sha256 of each file
                             (tokenizer files included) and its own (manifest_sha256)
 
@@ -119,6 +121,8 @@ def save_quantized(directory: str | Path, model: nn.Module, results: dict[str, L
                         "compand_groups": int(res.compand.sum()),
                         "row_scale": res.row_scale is not None, "bits": res.bits.tolist(),
                         "error": res.error, "error_init": res.error_init}
+        if res.code != "box":
+            layers[name]["code"] = res.code
         if res.rotation_seed is not None:  # incoherence processing: U, V rebuilt from it
             layers[name]["rotation_seed"] = res.rotation_seed
         quantized_params.add(f"{blocks_prefix}.{name.removeprefix('layers.')}.weight")
@@ -314,12 +318,12 @@ def load_quantized(directory: str | Path, packed: bool = False,
             layer = GLVQLinear.from_codes(
                 codes, generator, mu, scale, row_scale, bits, mask, meta["out_features"],
                 manifest["group_size"], None if seed is None else int(seed),
-                bias=getattr(module, "bias", None))
+                bias=getattr(module, "bias", None), code=meta.get("code", "box"))
             parent, _, child = module_name.rpartition(".")
             setattr(model.get_submodule(parent), child, layer)
         else:
             w = dequantize(codes, generator, mu, scale, row_scale, bits, mask,
-                           meta["out_features"], manifest["group_size"])
+                           meta["out_features"], manifest["group_size"], meta.get("code", "box"))
             if seed is not None:
                 w = unrotate(w, int(seed))
             with torch.no_grad():

@@ -18,6 +18,12 @@ the layer applies ``V`` to the input and ``U^T`` to the output from their factor
 (a fast Walsh–Hadamard transform, a small orthogonal ``Q`` and signs), never as ``n x n``
 matrices.
 
+Layers coded with E8P (``model.glvq.code=e8p``) keep their 16-bit codes packed the same way (8
+base-4 digits per vector); ``c_{rj} - o_g`` is then the E8P point ``P[c_{rj}]``, so every
+forward unpacks the layer's codes to a float32 matrix of points (a lookup in the shared
+65,536 x 8 table) for one matrix product: the codes stay packed in memory, the float matrix
+lives only during the call.
+
 Without a C compiler every step has a torch path (slower; same results within float
 rounding). :func:`llvq.llm.io.load_quantized` with ``packed=True`` builds these layers from an
 export.
@@ -33,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from llvq.lattices import e8p
 from llvq.llm._cpacked import MAX_TOKENS, kernels
 from llvq.llm.groups import LayerResult, round_side
 from llvq.llm.incoherence import hadamard, rotation_factors
@@ -210,8 +217,10 @@ class GLVQLinear(_Float32Linear):
                  bits: list[int], data: Tensor, offsets: Tensor, strides: Tensor,
                  transforms: Tensor,
                  row_scale: Tensor | None, dense_groups: list[int], dense_weight: Tensor,
-                 rotation_seed: int | None = None, bias: Tensor | None = None) -> None:
+                 rotation_seed: int | None = None, bias: Tensor | None = None,
+                 code: str = "box") -> None:
         super().__init__()
+        self.code = code
         self.in_features, self.out_features = in_features, out_features
         self.group_size, self.lattice_dim = group_size, lattice_dim
         self.groups = in_features // group_size
@@ -225,7 +234,7 @@ class GLVQLinear(_Float32Linear):
         self.register_buffer("strides", strides.to(torch.int64))
         self.register_buffer("bits_i32", torch.tensor(self.bits, dtype=torch.int32))
         self.register_buffer("skip", skip)
-        offset = torch.tensor([2.0 ** (b - 1) - 0.5 for b in self.bits])
+        offset = torch.tensor([2.0 ** (b - 1) - 0.5 if code == "box" else 0.0 for b in self.bits])
         self.register_buffer("code_offset", offset.masked_fill(skip.bool(), 0.0))
         self.register_buffer("transforms", transforms.float())  # (M, d, d): s_g G_g^T
         self.register_buffer("row_scale", None if row_scale is None else row_scale.float())
@@ -243,9 +252,10 @@ class GLVQLinear(_Float32Linear):
     def from_codes(cls, codes: Tensor, generator: Tensor, mu: Tensor, scale: Tensor,
                    row_scale: Tensor | None, bits: Tensor, compand: Tensor, out_features: int,
                    group_size: int, rotation_seed: int | None = None,
-                   bias: Tensor | None = None) -> GLVQLinear:
+                   bias: Tensor | None = None, code: str = "box") -> GLVQLinear:
         """From stored codes ``(M, out * gs / d, d)`` and side information (as :func:`dequantize`
-        takes them: ``mu`` has a value for every group, read where ``compand``)."""
+        takes them: ``mu`` has a value for every group, read where ``compand``; ``code`` as
+        ``model.glvq.code``)."""
         m, _, d = codes.shape
         in_features = m * group_size
         bits_l = [int(b) for b in torch.as_tensor(bits).flatten().tolist()]
@@ -256,7 +266,7 @@ class GLVQLinear(_Float32Linear):
         grouped = codes.reshape(m, out_features, group_size)
         dense = [i for i in range(m) if bool(mask[i])]
         if dense:  # µ-law groups: decoded once, exactly as the dequantizer does
-            q = GroupedLatticeQuantizer(d, groups=len(dense), learnable=False)
+            q = GroupedLatticeQuantizer(d, groups=len(dense), learnable=False, code=code)
             st = GLVQState(generator=g[dense], mu=mu_eff[dense], scale=s[dense],
                            bits=torch.tensor([bits_l[i] for i in dense]),
                            compand=torch.ones(len(dense), dtype=torch.bool))
@@ -273,7 +283,7 @@ class GLVQLinear(_Float32Linear):
         transforms = g.transpose(1, 2) * s.view(-1, 1, 1)
         return cls(in_features, out_features, group_size, d, bits_l, data, offsets, strides,
                    transforms,
-                   row_scale, dense, dense_weight, rotation_seed, bias)
+                   row_scale, dense, dense_weight, rotation_seed, bias, code)
 
     @classmethod
     def from_result(cls, res: LayerResult, group_size: int,
@@ -281,7 +291,8 @@ class GLVQLinear(_Float32Linear):
         """From a quantized layer's :class:`LayerResult`."""
         out = res.weight.shape[0]
         return cls.from_codes(res.codes, res.generator, res.mu, res.scale, res.row_scale,
-                              res.bits, res.compand, out, group_size, res.rotation_seed, bias)
+                              res.bits, res.compand, out, group_size, res.rotation_seed, bias,
+                              res.code)
 
     # -- compute --------------------------------------------------------------------------------
     def _z(self, x: Tensor) -> Tensor:
@@ -294,7 +305,7 @@ class GLVQLinear(_Float32Linear):
         """``sum_g (c - o_g) . z`` per row and token (companding groups excluded), ``(T, out)``."""
         fns = kernels()
         t = z.shape[0]
-        if fns is None or t > MAX_TOKENS:  # torch path, or a long input: one unpack + matmul
+        if fns is None or t > MAX_TOKENS or self.code == "e8p":  # one unpack + matmul
             return F.linear(z, self.code_matrix())
         z = z.contiguous()
         y = torch.empty(t, self.out_features)
@@ -311,18 +322,26 @@ class GLVQLinear(_Float32Linear):
         return y - const[:, None]
 
     def code_matrix(self) -> Tensor:
-        """``c - o_g`` as a float32 ``(out, in)`` matrix (zero on companding groups)."""
+        """``c - o_g`` (E8P: the points ``P[c]``) as a float32 ``(out, in)`` matrix (zero on
+        companding groups)."""
         fns = kernels()
         if fns is None:
             codes = unpack_rows(self.data, self.offsets, self.bits, self.out_features,
                                 self.group_size).float() - self.code_offset.view(-1, 1, 1)
             codes[self.dense_groups] = 0
-            return codes.transpose(0, 1).reshape(self.out_features, self.in_features)
-        mat = torch.zeros(self.out_features, self.in_features)
-        fns["code_unpack"](0, self.out_features, self.groups, self.group_size,
-                           self.bits_i32.data_ptr(), self.offsets.data_ptr(),
-                           self.skip.data_ptr(), self.strides.data_ptr(),
-                           self.code_offset.data_ptr(), self.data.data_ptr(), mat.data_ptr())
+            mat = codes.transpose(0, 1).reshape(self.out_features, self.in_features)
+        else:
+            mat = torch.zeros(self.out_features, self.in_features)
+            fns["code_unpack"](0, self.out_features, self.groups, self.group_size,
+                               self.bits_i32.data_ptr(), self.offsets.data_ptr(),
+                               self.skip.data_ptr(), self.strides.data_ptr(),
+                               self.code_offset.data_ptr(), self.data.data_ptr(), mat.data_ptr())
+        if self.code == "e8p":  # base-4 digits -> E8P points (companding groups stay zero)
+            d = self.lattice_dim
+            points = e8p.decode(e8p.from_digits(mat.view(self.out_features, -1, d)))
+            mat = points.reshape(self.out_features, self.in_features)
+            if self.dense_groups:
+                mat[:, self.dense_cols] = 0
         return mat
 
     def dequantized_weight(self) -> Tensor:
@@ -346,7 +365,7 @@ class GLVQLinear(_Float32Linear):
     def extra_repr(self) -> str:
         widths = sorted(set(self.bits))
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"group_size={self.group_size}, d={self.lattice_dim}, bits={widths}, "
+                f"group_size={self.group_size}, d={self.lattice_dim}, bits={widths}, code={self.code}, "
                 f"dense_groups={len(self.dense_groups)}, "
                 f"incoherence={self.rotation_seed is not None}, bias={self.bias is not None}")
 

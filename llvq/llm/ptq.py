@@ -226,6 +226,11 @@ class BlockwisePTQ(CalibrationWalk):
         budget = self.bits * w.numel() + self.carry
         side = side_bits(out, m, s.lattice_dim, m if s.compand else 0, s.row_scale)
         group_numel = w.numel() // m
+        if s.code == "e8p":  # one width only: every group 2 bits, the side information on top
+            bits = torch.full((m,), 2, dtype=torch.int64)
+            planned = side + 2.0 * w.numel()
+            self.carry = 0.0
+            return bits, planned
         avg = (budget - side) / w.numel()
         n = max(1, math.floor(avg + 0.5))  # as in allocate_bits
         if self.salience:
@@ -305,7 +310,8 @@ def quantize_with_baseline(model: nn.Module, calib_tokens: Tensor, baseline: Any
     block's inputs, which are the outputs of the already-quantized blocks before it (GPTQ's
     sequential order; the layers of one block share one pass, the reference's default), and
     as keyword arguments what its ``inputs`` tuple names: ``abs_mean`` (the mean ``|x_j|`` per
-    input column) and ``name`` (the layer's name); AWQ asks for both. Any other baseline is
+    input column) and ``name`` (the layer's name, ``layers.<block>.<module path>``, as
+    :class:`BlockwisePTQ` names it); AWQ asks for both. Any other baseline is
     called on the weight alone. Weights are written in place.
 
     Returns:
@@ -334,7 +340,7 @@ def quantize_with_baseline(model: nn.Module, calib_tokens: Tensor, baseline: Any
             if abs_means is not None:
                 extra["abs_mean"] = abs_means[n].float().cpu()
             if "name" in wants:
-                extra["name"] = n
+                extra["name"] = f"layers.{i}.{n}"  # as BlockwisePTQ names (and seeds) it
             res = baseline(w, hs[n].float().cpu(), **extra) if calibrated else baseline(w)
             lin.weight.copy_(res.weight.to(lin.weight))
             tally.add(res, w.numel())
@@ -365,13 +371,13 @@ def _share_groups(res: LayerResult, mine: Tensor, w: Tensor, h: Tensor,
     codes = parts[0].to(res.codes.dtype)
     gen, mu, scale = (p.to(torch.float16) for p in parts[1:])
     weight = dequantize(codes, gen, mu, scale, res.row_scale, res.bits, res.compand,
-                        w.shape[0], s.group_size)
+                        w.shape[0], s.group_size, s.code)
     err = relative_error(w, weight, h)
     errs = torch.tensor([res.error_init, float(res.outer_steps)], dtype=torch.float64)
     dist.all_reduce(errs, op=dist.ReduceOp.MAX)
     return LayerResult(codes=codes, generator=gen, mu=mu, scale=scale, row_scale=res.row_scale,
                        bits=res.bits, weight=weight, error=err, error_init=float(errs[0]),
-                       outer_steps=int(errs[1]), compand=res.compand)
+                       outer_steps=int(errs[1]), compand=res.compand, code=s.code)
 
 
 def _broadcast_result(res: LayerResult | None, src: int, shape: torch.Size, bits: Tensor,
@@ -401,8 +407,9 @@ def _broadcast_result(res: LayerResult | None, src: int, shape: torch.Size, bits
     row_scale = t["row_scale"].to(half) if s.row_scale else None
     codes, compand = t["codes"].to(torch.int16), t["compand"].bool()
     gen, mu, scale = t["generator"].to(half), t["mu"].to(half), t["scale"].to(half)
-    weight = dequantize(codes, gen, mu, scale, row_scale, bits, compand, out, s.group_size)
+    weight = dequantize(codes, gen, mu, scale, row_scale, bits, compand, out, s.group_size,
+                        s.code)
     err, err_init, outer = t["stats"].tolist()
     return LayerResult(codes=codes, generator=gen, mu=mu, scale=scale, row_scale=row_scale,
                        bits=bits, weight=weight, error=err, error_init=err_init,
-                       outer_steps=int(outer), compand=compand)
+                       outer_steps=int(outer), compand=compand, code=s.code)

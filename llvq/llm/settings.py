@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from llvq.llm.baselines import LLM_BASELINES
+from llvq.quantizers.glvq import CODES
 
 __all__ = ["EvalSettings", "GLVQSettings", "LMSpec", "PTQConfig", "TuneSettings", "from_options"]
 
@@ -128,6 +129,15 @@ class GLVQSettings:
             right, so the groups that matter most are quantized first and the rest absorb their
             error (GPTQ's act-order, per group). Only the processing order changes: the groups
             are stored in place, so it costs no bits and the export format is unchanged.
+        code: ``"box"`` (the paper's: ``2^b`` points per axis of each group's lattice) or
+            ``"e8p"``: QuIP#'s E8P codebook (65,536 points of ``E8 + 1/4`` in a ball, 16 bits per
+            8 weights) under each group's learned generator, for ``model.bits=2`` with
+            ``lattice_dim=8``; every group then takes 2 bits (no salience allocation), so the
+            stored rate is 2 bits plus the side information (see docs/llm.md).
+        vector_feedback: inside each group, code one position of ``lattice_dim`` columns
+            after another and fold each one's error into the group's columns not yet coded
+            (BlockLDLQ, as QuIP# codes; the codes only, the generator step is unchanged), instead
+            of coding every vector on its own. Costs no bits.
     """
 
     group_size: int = 128
@@ -144,6 +154,8 @@ class GLVQSettings:
     damp: float = 0.01
     incoherence: bool = False
     act_order: bool = False
+    code: str = "box"
+    vector_feedback: bool = False
 
     def __post_init__(self) -> None:
         p = "model.glvq"
@@ -151,8 +163,14 @@ class GLVQSettings:
         if self.lattice_dim not in LATTICE_DIMS or isinstance(self.lattice_dim, bool):
             raise ValueError(f"{p}.lattice_dim must be one of {', '.join(map(str, LATTICE_DIMS))}, "
                              f"got {self.lattice_dim!r}")
-        for name in ("compand", "row_scale", "error_feedback", "incoherence", "act_order"):
+        for name in ("compand", "row_scale", "error_feedback", "incoherence", "act_order",
+                     "vector_feedback"):
             _bool(f"{p}.{name}", getattr(self, name))
+        if self.code not in CODES:
+            raise ValueError(f"{p}.code must be one of {', '.join(CODES)}, got {self.code!r}")
+        if self.code == "e8p" and self.lattice_dim != 8:
+            raise ValueError(f"{p}.code=e8p codes 8-dimensional vectors: set {p}.lattice_dim=8 "
+                             f"(got {self.lattice_dim})")
         _int(f"{p}.max_outer", self.max_outer, 0)
         _int(f"{p}.inner_steps", self.inner_steps, 0)
         _number(f"{p}.lr", self.lr, 0.0, strict=True)
@@ -278,6 +296,10 @@ class PTQConfig:
             raise ValueError(f"model.bits must be a number in [1, {MAX_BITS:g}] (GLVQ codes take at "
                              f"most 8 bits per weight, plus side information), got {self.bits!r}")
         self.bits = float(self.bits)
+        if self.glvq.code == "e8p" and self.bits != 2:
+            raise ValueError(f"model.glvq.code=e8p codes exactly 2 bits per weight (16 per 8 "
+                             f"weights, side information on top): set model.bits=2, got "
+                             f"{self.bits:g}")
         _bool("model.salience", self.salience)
         _int("model.calib_batch_size", self.calib_batch_size, 1)
         _int("model.seed", self.seed, 0)

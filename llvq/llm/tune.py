@@ -93,7 +93,7 @@ class _GLVQScales(nn.Module):
         if self.row is not None:
             r.row_scale = (r.row_scale.float() * self.row.detach().float()).to(SIDE_DTYPE)
         r.weight = dequantize(r.codes, r.generator, r.mu, r.scale, r.row_scale, r.bits,
-                              r.compand, r.weight.shape[0], self.group_size)
+                              r.compand, r.weight.shape[0], self.group_size, r.code)
         self.linear.weight.copy_(model_weight(r).to(self.linear.weight))
 
 

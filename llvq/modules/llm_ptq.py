@@ -48,16 +48,18 @@ def _result_to_state(res: LayerResult) -> dict[str, Any]:
             "row_scale": None if res.row_scale is None else res.row_scale.clone(),
             "bits": res.bits.clone(), "error": res.error, "error_init": res.error_init,
             "outer_steps": res.outer_steps, "compand": res.compand,
-            "out_features": res.weight.shape[0], "rotation_seed": res.rotation_seed}
+            "out_features": res.weight.shape[0], "rotation_seed": res.rotation_seed,
+            "code": res.code}
 
 
 def _state_to_result(s: dict[str, Any], group_size: int) -> LayerResult:
     w = dequantize(s["codes"], s["generator"], s["mu"], s["scale"], s["row_scale"], s["bits"],
-                   s["compand"], s["out_features"], group_size)
+                   s["compand"], s["out_features"], group_size, s.get("code", "box"))
     return LayerResult(codes=s["codes"], generator=s["generator"], mu=s["mu"], scale=s["scale"],
                        row_scale=s["row_scale"], bits=s["bits"], weight=w, error=s["error"],
                        error_init=s["error_init"], outer_steps=s["outer_steps"],
-                       compand=s["compand"], rotation_seed=s.get("rotation_seed"))
+                       compand=s["compand"], rotation_seed=s.get("rotation_seed"),
+                       code=s.get("code", "box"))
 
 
 class LLMPTQModule(StepJob):

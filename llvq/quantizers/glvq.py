@@ -20,6 +20,15 @@ with per-call parameters: every method takes an optional :class:`GLVQState` (gen
 scale, bit width and compander flag per group) that replaces the module's own for that call,
 so nothing is mutated and ``q(z)``, ``q.encode(z)``, ``q.decode(codes)`` keep the contract.
 
+``code="e8p"`` replaces the box by the E8P codebook of QuIP# (:mod:`llvq.lattices.e8p`: 65,536
+points of ``E8 + 1/4`` inside a ball, 16 bits per 8 coordinates): ``k`` is the nearest E8P point
+of ``F_g(x / s_g) @ G_g^-1`` and ``x_hat = s_g * F_g^-1(k @ G_g)``; 2 bits per coordinate, ``d
+= 8`` only. The stored code is the 16-bit index as 8 base-4 digits, one per coordinate, so the
+contract (``d`` codes in ``[0, 2^b)``) and the bit-packed export are the same as the box's.
+A ball of lattice points codes Gaussian-like vectors (weights after incoherence processing)
+with less error than a box of the same size: 0.091 against 0.118 per coordinate (Lloyd-Max)
+for a unit Gaussian at 2 bits.
+
 The summary of the paper does not fix the kurtosis -> µ map; llvq uses
 ``µ0 = clamp(10 (κ/3)^2, 10, 255)`` (a Gaussian group, κ = 3, starts at µ = 10; heavier tails
 start with stronger companding), with µ learned in ``[10, 255]`` through a sigmoid.
@@ -34,10 +43,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from llvq.lattices import e8p
 from llvq.quantizers.base import Quantizer, QuantizerOutput, check_latents, check_weight
 from llvq.quantizers.registry import register
 
 __all__ = [
+    "CODES",
     "MU_MAX",
     "MU_MIN",
     "GLVQState",
@@ -50,6 +61,10 @@ __all__ = [
 ]
 
 MU_MIN, MU_MAX = 10.0, 255.0
+#: the codes a group can use: a box of ``2^b`` points per axis, or the E8P ball (2 bits, d = 8)
+CODES = ("box", "e8p")
+#: E8P's MSE-optimal scale for a unit Gaussian (points ``c / 1.03``; measured, as QuIP# uses)
+E8P_STEP = 1 / 1.03
 
 # Step of the MSE-optimal uniform quantizer with 2^b levels for a unit Gaussian (Max 1960).
 _GAUSS_STEP = {1: 1.596, 2: 0.9957, 3: 0.5860, 4: 0.3352, 5: 0.1881, 6: 0.1041, 7: 0.0569,
@@ -149,6 +164,8 @@ class GroupedLatticeQuantizer(Quantizer):
         scale: initial input scale ``s_g`` (inputs are divided by it before companding).
         learnable: learn ``G`` and ``µ`` through :attr:`QuantizerOutput.loss`.
         beta: weight of the reconstruction MSE in the returned loss (>= 0).
+        code: ``"box"`` (the paper's) or ``"e8p"`` (the E8P ball; needs ``dim=8`` and 2 bits
+            in every group); see the module docstring.
 
     Latents of another float dtype (half, bfloat16, float64) are coded in the generator's
     dtype; ``z_q`` comes back in the input's dtype.
@@ -159,8 +176,11 @@ class GroupedLatticeQuantizer(Quantizer):
     def __init__(self, dim: int = 8, groups: int = 1, bits: int | list[int] | Tensor = 2,
                  compand: bool | list[bool] | Tensor = True, mu: float | list[float] | Tensor = 50.0,
                  scale: float | list[float] | Tensor = 1.0, learnable: bool = True,
-                 beta: float = 1.0) -> None:
+                 beta: float = 1.0, code: str = "box") -> None:
         super().__init__(dim)
+        if code not in CODES:
+            raise ValueError(f"quantizer 'glvq': `code` must be one of {', '.join(CODES)}, "
+                             f"got {code!r}")
         if not isinstance(groups, int) or groups < 1:
             raise ValueError(f"quantizer 'glvq': `groups` must be a positive integer, got {groups!r}")
         b = _as_group_tensor(bits, groups, "bits", torch.float64)
@@ -173,6 +193,10 @@ class GroupedLatticeQuantizer(Quantizer):
         s = _as_group_tensor(scale, groups, "scale", torch.float32)
         if bool((s <= 0).any()):
             raise ValueError("quantizer 'glvq': `scale` must be > 0")
+        if code == "e8p" and (dim != e8p.DIM or bool((b != 2).any())):
+            raise ValueError(f"quantizer 'glvq': code='e8p' codes 8-dimensional vectors at 2 bits "
+                             f"per coordinate, got dim={dim}, bits={b.tolist()[:8]}")
+        self.code = code
         self.groups = groups
         mask = _as_group_tensor(compand, groups, "compand", torch.bool)
         self.register_buffer("compand_mask", mask)
@@ -181,8 +205,8 @@ class GroupedLatticeQuantizer(Quantizer):
         self.register_buffer("scale", s)
         widths = set(self.bits.tolist())
         self.codebook_size = 2 ** widths.pop() if len(widths) == 1 else None
-        g0 = torch.eye(dim).expand(groups, dim, dim) * torch.tensor(
-            [gaussian_step(int(v)) for v in b.tolist()]).view(groups, 1, 1) / 3.0
+        g0 = torch.eye(dim).expand(groups, dim, dim) * self.steps(
+            self.bits).view(groups, 1, 1) / 3.0
         self.generator = nn.Parameter(g0.clone(), requires_grad=learnable)
         self.mu_logit = nn.Parameter(mu_to_logit(m),
                                      requires_grad=learnable and bool(mask.any()))
@@ -192,6 +216,12 @@ class GroupedLatticeQuantizer(Quantizer):
     def mu(self) -> Tensor:
         """µ per group, ``(groups,)`` in ``[10, 255]``."""
         return logit_to_mu(self.mu_logit)
+
+    def steps(self, bits: Tensor) -> Tensor:
+        """The MSE-optimal step of the code for a unit Gaussian, per group of widths ``bits``."""
+        if self.code == "e8p":
+            return torch.full((len(bits),), E8P_STEP)
+        return torch.tensor([gaussian_step(int(v)) for v in bits.tolist()])
 
     @property
     def use_compand(self) -> bool:
@@ -227,20 +257,31 @@ class GroupedLatticeQuantizer(Quantizer):
             y = torch.where(_view(st.compand), expand(y, _view(st.mu)), y)
         return y * _view(st.scale)
 
-    @staticmethod
-    def _half_levels(st: GLVQState) -> Tensor:
+    def code_offset(self, st: GLVQState) -> Tensor:
+        """What the stored unsigned code adds to ``k``: ``2^(b-1)`` per group (0 for E8P,
+        whose ``k`` are already the unsigned digits)."""
+        if self.code == "e8p":
+            return torch.zeros((), dtype=st.generator.dtype)
         return _view(2.0 ** (st.bits - 1).to(st.generator.dtype))
 
     def lattice_codes(self, y: Tensor, state: GLVQState | None = None) -> Tensor:
-        """Signed Babai codes ``k`` (float, integral) of companded vectors ``y``, clamped."""
+        """Codes ``k`` (float, integral) of companded vectors ``y``: signed Babai codes,
+        clamped to the box; with E8P the nearest point's 8 base-4 digits."""
         st = self._state(state)
-        half = self._half_levels(st)
         u = y @ torch.linalg.inv(st.generator.detach())
+        if self.code == "e8p":
+            idx, _ = e8p.nearest(u.detach().reshape(-1, self.dim))
+            return e8p.to_digits(idx).reshape(u.shape).to(u.dtype)
+        half = self.code_offset(st)
         return torch.minimum(torch.maximum(torch.floor(u), -half), half - 1)
 
     def points(self, k: Tensor, state: GLVQState | None = None) -> Tensor:
-        """Companded reconstructions ``(k + 1/2) @ G`` (differentiable in ``G``)."""
-        return (k + 0.5) @ self._state(state).generator
+        """Companded reconstructions ``(k + 1/2) @ G`` (E8P: ``point(k) @ G``; differentiable
+        in ``G``)."""
+        g = self._state(state).generator
+        if self.code == "e8p":
+            return e8p.decode(e8p.from_digits(k)).to(g.dtype) @ g
+        return (k + 0.5) @ g
 
     def reconstruct(self, k: Tensor, state: GLVQState | None = None) -> Tensor:
         """``s F^-1((k + 1/2) G)`` from signed codes; differentiable in ``G`` and ``µ``."""
@@ -248,9 +289,13 @@ class GroupedLatticeQuantizer(Quantizer):
         return self.inverse_transform(self.points(k, st), st)
 
     def overload(self, y: Tensor, state: GLVQState | None = None) -> Tensor:
-        """Fraction of coordinates whose Babai code had to be clamped."""
+        """Fraction of coordinates whose Babai code had to be clamped (E8P: of vectors outside
+        the ball that holds the codebook)."""
         st = self._state(state)
-        half = self._half_levels(st)
+        if self.code == "e8p":
+            u = y @ torch.linalg.inv(st.generator.detach())
+            return (u.pow(2).sum(-1) > e8p.MAX_NORM2).float().mean()
+        half = self.code_offset(st)
         u = torch.floor(y @ torch.linalg.inv(st.generator.detach()))
         return ((u < -half) | (u > half - 1)).float().mean()
 
@@ -271,7 +316,7 @@ class GroupedLatticeQuantizer(Quantizer):
         x_hat = self.reconstruct(k, st)
         loss = self.beta * F.mse_loss(x_hat, zg.detach())
         z_q = (zg + (x_hat - zg).detach()).reshape(z.shape).to(z.dtype)
-        codes = (k + self._half_levels(st)).to(torch.int64).reshape(z.shape)
+        codes = (k + self.code_offset(st)).to(torch.int64).reshape(z.shape)
         metrics = {"quant/overload": over.detach(), "quant/mu": st.mu.mean().detach()}
         return QuantizerOutput(z_q=z_q, codes=codes, loss=loss, metrics=metrics)
 
@@ -285,13 +330,13 @@ class GroupedLatticeQuantizer(Quantizer):
         st = self._state(state)
         zg = self._grouped(z).to(st.generator.dtype)
         k = self.lattice_codes(self.forward_transform(zg, st), st)
-        return (k + self._half_levels(st)).to(torch.int64).reshape(z.shape)
+        return (k + self.code_offset(st)).to(torch.int64).reshape(z.shape)
 
     def decode(self, codes: Tensor, state: GLVQState | None = None) -> Tensor:
         st = self._state(state)
-        k = self._grouped(codes).to(st.generator.dtype) - self._half_levels(st)
+        k = self._grouped(codes).to(st.generator.dtype) - self.code_offset(st)
         return self.reconstruct(k, st).reshape(codes.shape)
 
     def extra_repr(self) -> str:
-        return (f"dim={self.dim}, groups={self.groups}, bits={self.bits.tolist()[:4]}"
+        return (f"dim={self.dim}, groups={self.groups}, code={self.code}, bits={self.bits.tolist()[:4]}"
                 f"{'...' if self.groups > 4 else ''}, compand={int(self.compand_mask.sum())}/{self.groups}")

@@ -258,6 +258,9 @@ def test_resume_after_an_interrupted_block_gives_the_same_result(compose_cfg, tm
     (["+model.glvq.lattice=8"], ValueError, "model.glvq.lattice"),
     (["model.glvq.lr=0"], ValueError, "model.glvq.lr"),
     (["model.eval.baselines=[nope]"], ValueError, "unknown LLM baseline 'nope'.*rtn"),
+    (["model.glvq.code=e8p"], ValueError, "set model.glvq.lattice_dim=8"),
+    (["model.glvq.code=e8p", "model.glvq.lattice_dim=8", "model.bits=3"], ValueError,
+     "model.glvq.code=e8p codes exactly 2 bits"),
 ])
 def test_bad_settings_give_one_clear_error(overrides, error, match, compose_cfg) -> None:
     cfg = _tiny_cfg(compose_cfg, "++trainer.fast_dev_run=true", *overrides)

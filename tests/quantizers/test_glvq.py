@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from llvq.quantizers import build
@@ -56,3 +57,42 @@ def test_flat_inputs_keep_their_shape() -> None:
         out = q(z)
         assert out.z_q.shape == z.shape and out.codes.shape == z.shape
         assert torch.allclose(q.decode(q.encode(z)), out.z_q, atol=1e-6)
+
+
+def test_e8p_code_passes_the_contract_and_codes_the_e8p_ball() -> None:
+    from llvq.lattices import e8p
+    from llvq.testing import check_quantizer
+
+    q = GroupedLatticeQuantizer(8, code="e8p", compand=False, scale=1.0)
+    check_quantizer(q, straight_through="exact")
+    check_quantizer(q, straight_through="exact", empty_batch=True)
+    assert q.codebook_size == 4 and q.bits_per_vector == 16.0  # 2 bits per coordinate
+    z = torch.randn(3, 40, 8, generator=torch.Generator().manual_seed(0))
+    codes = q.encode(z)
+    assert int(codes.min()) >= 0 and int(codes.max()) <= 3
+    # the 8 digits are the nearest E8P point's index under G
+    g = q.generator.detach()[0]
+    idx, pts = e8p.nearest((z @ torch.linalg.inv(g)).reshape(-1, 8))
+    assert torch.equal(e8p.from_digits(codes.reshape(-1, 8)), idx)
+    torch.testing.assert_close(q.decode(codes).reshape(-1, 8), pts @ g)
+
+
+def test_e8p_ball_codes_gaussians_better_than_the_box() -> None:
+    z = torch.randn(1, 20000, 8, generator=torch.Generator().manual_seed(1))
+    mse = {}
+    for code in ("box", "e8p"):
+        q = GroupedLatticeQuantizer(8, bits=2, compand=False, learnable=False, code=code)
+        with torch.no_grad():
+            q.generator.copy_(torch.eye(8) * q.steps(q.bits).view(1, 1, 1))
+        mse[code] = float((q(z).z_q - z).pow(2).mean())
+    assert mse["box"] > 0.115 and mse["e8p"] < 0.095  # Lloyd-Max 0.1175; E8P 0.0913
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"dim": 16, "code": "e8p"}, "code='e8p' codes 8-dimensional"),
+    ({"dim": 8, "bits": 3, "code": "e8p"}, "code='e8p' codes 8-dimensional vectors at 2 bits"),
+    ({"dim": 8, "code": "d8"}, "`code` must be one of box, e8p"),
+])
+def test_e8p_code_errors_name_the_setting(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        GroupedLatticeQuantizer(**kwargs)
