@@ -20,7 +20,7 @@ from torch import Tensor
 
 from llvq.lattices.e8p import CODE_BITS, DIM, abs_patterns, codebook, decode, nearest
 from llvq.llm.baselines import LLM_BASELINES, BaselineOutput, check_bits
-from llvq.llm.groups import SIDE_BITS, SIDE_DTYPE
+from llvq.llm.groups import SIDE_BITS, SIDE_DTYPE, inverse_cholesky
 from llvq.llm.incoherence import layer_seed, rotate, unrotate
 
 __all__ = ["E8PBaseline", "abs_patterns", "block_ldlq", "codebook", "decode", "e8p_quantize",
@@ -56,7 +56,7 @@ def block_ldlq(w: Tensor, h: Tensor, quant, damp: float = 0.01, lazy: int = 128,
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
     H.diagonal().add_(damp * H.diagonal().mean())
-    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    u = inverse_cholesky(H)
     eye = torch.eye(DIM, dtype=torch.float64)
     Q = torch.zeros_like(W)
     codes = torch.zeros(out, cols // DIM, dtype=torch.int64)

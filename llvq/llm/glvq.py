@@ -29,6 +29,7 @@ from llvq.llm.groups import (
     check_shapes,
     dequantize,
     group_hessian_error,
+    inverse_cholesky,
     relative_error,
     round_side,
     row_scales,
@@ -165,7 +166,7 @@ def _quantize_with_feedback(w: Tensor, h: Tensor, bits: Tensor, s: GLVQSettings,
     cols = (order[:, None] * gs + torch.arange(gs)).flatten()  # the pass's column order
     hd = hd[cols][:, cols]
     hd = hd + s.damp * hd.diagonal().mean() * torch.eye(inp, dtype=torch.float64)
-    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hd)), upper=True)
+    u = inverse_cholesky(hd)
     eye = torch.eye(gs, dtype=torch.float64)
     work = w.clone()
     work[:, dead] = 0.0

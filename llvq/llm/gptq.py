@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from llvq.llm.baselines import LLM_BASELINES, BaselineOutput, check_bits
+from llvq.llm.groups import inverse_cholesky
 
 __all__ = ["GPTQBaseline", "gptq_quantize", "gptq_storage_bits"]
 
@@ -96,7 +97,7 @@ def gptq_quantize(w: Tensor, h: Tensor, bits: int, group_size: int = 128, damp: 
         perm = torch.argsort(H.diagonal(), descending=True)
         W, H = W[:, perm], H[perm][:, perm]
     H.diagonal().add_(damp * H.diagonal().mean())
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    hinv = inverse_cholesky(H)
     Q = torch.zeros_like(W)
     scale = zero = None
     for i1 in range(0, cols, block_size):

@@ -142,6 +142,12 @@ def group_hessian_error(delta: Tensor, h_blocks: Tensor, group_size: int) -> Ten
     return ((d @ h_blocks) * d).sum(dim=(1, 2))
 
 
+def inverse_cholesky(h: Tensor) -> Tensor:
+    """The upper Cholesky factor ``U`` of ``h^-1`` (``h`` already damped; batched too), as
+    GPTQ's and BlockLDLQ's error feedback use it."""
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+
+
 def relative_error(w: Tensor, w_hat: Tensor, h: Tensor) -> float:
     """``tr(D H D^T) / tr(W H W^T)`` with ``D = W - W_hat``."""
     d = w - w_hat
@@ -232,7 +238,7 @@ class LayerProblem:
         self.ref = group_hessian_error(self.w, self.h_blocks, s.group_size).clamp_min(1e-20)
         self.q = GroupedLatticeQuantizer(s.lattice_dim, groups=self.m, learnable=False,
                                          code=s.code)
-        self._chol: Tensor | None = None  # per-group factors for vector feedback, on first use
+        self._feedback: list[Tensor] | None = None  # vector feedback matrices, on first use
 
     def weight(self, x_hat: Tensor) -> Tensor:
         w = ungroup_weight(x_hat, self.out, self.s.group_size)
@@ -269,27 +275,26 @@ class LayerProblem:
 
     def _feedback_codes(self, y: Tensor, state: GLVQState) -> Tensor:
         q, d, gs = self.q, self.s.lattice_dim, self.s.group_size
-        if self._chol is None:  # U: upper Cholesky factor of H_g^-1 per group (damped)
+        if self._feedback is None:  # per position: U_cc^-1 U_c,rest, U = chol(H_g^-1) (damped)
             hb = self.h_blocks.double()
             mean = hb.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12).view(-1, 1, 1)
-            hb = hb + max(self.s.damp, 1e-6) * mean * torch.eye(gs, dtype=torch.float64)
-            u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hb)),
-                                      upper=True)
-            self._chol = u.float()
-        u = self._chol
+            u = inverse_cholesky(hb + max(self.s.damp, 1e-6) * mean
+                                 * torch.eye(gs, dtype=torch.float64)).float()
+            eye = torch.eye(d)
+            self._feedback = [
+                torch.linalg.solve_triangular(u[:, j:j + d, j:j + d], eye, upper=True)
+                @ u[:, j:j + d, j + d:] for j in range(0, gs - d, d)]
         m = y.shape[0]
         work = y.reshape(m, self.out, gs).clone()
         keep = (~state.compand).to(y.dtype).view(-1, 1, 1)  # no feedback where a group compands
         codes = torch.empty_like(work)
-        eye = torch.eye(d, dtype=u.dtype)
         for j in range(0, gs, d):
             c = slice(j, j + d)
             k = q.lattice_codes(work[:, :, c], state)
             codes[:, :, c] = k
             if j + d < gs:
                 err = (work[:, :, c] - q.points(k, state)) * keep
-                ucc_inv = torch.linalg.solve_triangular(u[:, c, c], eye, upper=True)
-                work[:, :, j + d:] -= err @ (ucc_inv @ u[:, c, j + d:])
+                work[:, :, j + d:] -= err @ self._feedback[j // d]
         return codes.reshape(y.shape)
 
     def reconstruct_weight(self, state: GLVQState, y: Tensor | None = None) -> Tensor:
