@@ -15,12 +15,13 @@ For each export (``llvq.llm.io.save_quantized``) and for the float32 model it ca
   kept at their bit widths, :class:`llvq.llm.packed.GLVQLinear`); ``dequantized`` is
   ``load_quantized(dir)`` (float32 weights); ``packed-int8`` is packed with
   ``embeddings="int8"`` (the tied embedding table / output head as int8 rows, one scale per
-  row); ``fp16`` is the float32 model cast to float16 (memory only).
+  row), ``packed-int4`` with ``embeddings="int4"`` (4-bit codes in blocks of 32, a float16
+  scale and minimum each); ``fp16`` is the float32 model cast to float16 (memory only).
 * **speed**: in one process, the float32 model and the packed one generate ``--new-tokens``
   tokens greedily (``use_cache=True``) from the same prompts, taking turns ``--repeats`` times;
   tokens per second of each (median) and their ratio. The packed model's tokens are checked
   against the dequantized model's (they should be the same: same weights up to float rounding;
-  for ``packed-int8``, against ``load_quantized(dir, embeddings="int8")``).
+  for ``packed-int8`` and ``packed-int4``, against ``load_quantized(dir, embeddings=...)``).
 * **perplexity** of the packed and the dequantized model on ``--eval-tokens`` held-out tokens.
 
 Writes ``bench/results/llm_packed.json``.
@@ -41,7 +42,7 @@ import torch
 from _report import machine_info, markdown_table, write_result
 
 MODEL = ["smollm2"]
-PACKED = {"float32": "packed", "int8": "packed-int8"}  # embeddings -> variant  # the float32 model the exports came from (--model)
+PACKED = {"float32": "packed", "int8": "packed-int8", "int4": "packed-int4"}  # embeddings -> variant
 
 
 def _rss() -> int:
@@ -62,7 +63,8 @@ def _tensor_bytes(model: torch.nn.Module) -> int:
     return total
 
 
-VARIANTS = ("fp32", "fp16", "dequantized", "packed", "packed-int8")
+VARIANTS = ("fp32", "fp16", "dequantized", *PACKED.values())
+EMBEDDINGS = {v: e for e, v in PACKED.items()}  # variant -> embeddings
 
 
 def load(variant: str, export: str | None) -> torch.nn.Module:
@@ -76,7 +78,7 @@ def load(variant: str, export: str | None) -> torch.nn.Module:
                 t.data = t.data.half()
         return model
     model, _ = load_quantized(export, packed=variant.startswith("packed"),
-                              embeddings="int8" if variant.endswith("int8") else "float32")
+                              embeddings=EMBEDDINGS.get(variant, "float32"))
     return model
 
 
@@ -103,10 +105,11 @@ def measure(variant: str, export: str | None) -> dict:
     gc.collect()
     _trim()
     after = _rss()
-    from llvq.llm.packed import GLVQLinear, Int8Embedding, Int8Linear
+    from llvq.llm.packed import GLVQLinear, Int4Embedding, Int4Linear, Int8Embedding, Int8Linear
 
     layers = [m for m in model.modules() if isinstance(m, GLVQLinear)]
-    tables = [m for m in model.modules() if isinstance(m, (Int8Embedding, Int8Linear))]
+    tables = [m for m in model.modules()
+              if isinstance(m, (Int8Embedding, Int8Linear, Int4Embedding, Int4Linear))]
     return {"variant": variant, "export": export, "rss_bytes": after - before,
             "tensor_bytes": _tensor_bytes(model),
             "packed_layer_bytes": sum(_tensor_bytes(m) for m in layers),
@@ -193,18 +196,20 @@ def main() -> None:
     for d in args.export:
         manifest = read_manifest(d)
         bits = manifest["size"]["bits_per_weight_file"]
-        for variant in ("dequantized", "packed", "packed-int8"):
+        for variant in ("dequantized", *PACKED.values()):
             memory.append(_subprocess_measure(variant, d))
         models = {"fp32": fp, "dequantized": load_quantized(d)[0]}
-        for emb in ("float32", "int8"):
-            models[PACKED[emb]] = load_quantized(d, packed=True, embeddings=emb)[0]
-        ref_int8, _ = load_quantized(d, embeddings="int8")  # tokens check only
+        for emb, variant in PACKED.items():
+            models[variant] = load_quantized(d, packed=True, embeddings=emb)[0]
+        refs = {emb: load_quantized(d, embeddings=emb)[0]  # tokens check only
+                for emb in PACKED if emb != "float32"}
         rates, ids = generate_speed(models, prompts, args.new_tokens, args.repeats)
-        _, ids_ref = generate_speed({"ref": ref_int8}, prompts, args.new_tokens, 1)
+        _, ids_ref = generate_speed(refs, prompts, args.new_tokens, 1)
+        ids_ref["float32"] = ids["dequantized"]
         ev = evaluation[: args.eval_tokens]
         with torch.inference_mode():
             ppl = {k: perplexity(models[k], ev, seq_len=512, batch_size=4, progress=False)["ppl"]
-                   for k in ("dequantized", "packed", "packed-int8")}
+                   for k in ("dequantized", *PACKED.values())}
         mem = {m["variant"]: m for m in memory if m["export"] == d}
         fp_rate = statistics.median(rates["fp32"])
         for emb, variant in PACKED.items():
@@ -225,14 +230,13 @@ def main() -> None:
                 "dequantized_tokens_per_s": round(statistics.median(rates["dequantized"]), 2),
                 "speed_vs_fp32": round(rate / fp_rate, 3),
                 "rates": {k: rates[k] for k in ("fp32", "dequantized", variant)},
-                "same_tokens_as_dequantized": bool(torch.equal(
-                    ids[variant], ids["dequantized"] if emb == "float32" else ids_ref["ref"])),
+                "same_tokens_as_dequantized": bool(torch.equal(ids[variant], ids_ref[emb])),
                 "ppl_packed": ppl[variant], "ppl_dequantized": ppl["dequantized"],
             })
             print(f"{d} ({emb} embeddings): {rows[-1]['memory_vs_fp32']:.3f} of fp32 memory, "
                   f"{rows[-1]['speed_vs_fp32']:.2f}x its tokens/s, ppl {ppl[variant]:.3f} "
                   f"(dequantized {ppl['dequantized']:.3f})")
-        del models, ref_int8
+        del models, refs
         gc.collect()
         write_result(args.name, {
             "machine": machine_info(), "model": MODEL[0], "memory": memory, "rows": rows,

@@ -10,7 +10,8 @@ over the groups not flagged ``skip``; ``code_unpack`` writes ``code - offset[g]`
 an ``(out, M * gs)`` matrix (for many tokens at once, where a matrix product wins).
 ``int8_matvec`` multiplies rows of int8 with one scale each (an embedding table stored in int8
 and used as the output head, :class:`llvq.llm.packed.Int8Linear`) by up to ``MAX_TOKENS``
-vectors; ``fwht`` is the fast Walsh–Hadamard transform of incoherence processing.
+vectors, ``int4_matvec`` the same for rows of 4-bit codes in blocks of 32 with a float16 scale
+and minimum each (:class:`llvq.llm.packed.Int4Linear`); ``fwht`` is the fast Walsh–Hadamard transform of incoherence processing.
 
 Built and cached like :mod:`llvq.lattices._cfast` (``cc -O3 -march=native``, then plain ``-O3``;
 ``$LLVQ_CACHE``; ``LLVQ_NO_CKERNEL=1`` disables it). :func:`kernels` returns ``None`` when no
@@ -213,6 +214,79 @@ void int8_matvec(long r0, long r1, int T, int n, const int8_t *w, const float *s
     }
 }
 
+/* IEEE half (float16 bits) to float, subnormals included. */
+static inline float half_to_float(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    uint32_t f;
+    if (e == 0) {
+        const float v = (float)m * 5.9604644775390625e-08f;  /* m * 2^-24 */
+        return sign ? -v : v;
+    }
+    f = e == 31 ? (sign | 0x7f800000u | (m << 13)) : (sign | ((e + 112) << 23) | (m << 13));
+    float out;
+    memcpy(&out, &f, sizeof out);
+    return out;
+}
+
+/* y[t * ys + r] = sum_b (scale[r, b] * sum_i c[r, b, i] x[t, 32 b + i] + low[r, b] * xsum[t, b])
+   for rows r0 <= r < r1 and tokens t < T <= 8: rows of 4-bit codes in blocks of 32 with a
+   float16 scale and minimum each (an embedding table used as the head; n % 32 == 0). Byte j of
+   a block's 16 holds code j in its low nibble and code j + 16 in its high one; xsum[t, b] is
+   the sum of token t's 32 entries of block b. */
+void int4_matvec(long r0, long r1, int T, int n, const uint8_t *q, const uint16_t *scale,
+                 const uint16_t *low, const float *x, const float *xsum, float *y, long ys) {
+    const int nb = n / 32;
+    for (long r = r0; r < r1; ++r) {
+        const uint8_t *row = q + r * (long)(n / 2);
+        float sum[8], lows[8];
+        for (int t = 0; t < T; ++t) sum[t] = lows[t] = 0.0f;
+#if defined(__AVX2__) && defined(__FMA__)
+        __m256 acc[8];
+        for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+        const __m128i mask = _mm_set1_epi8(0x0F);
+#endif
+        for (int b = 0; b < nb; ++b) {
+            const float s = half_to_float(scale[r * nb + b]), m = half_to_float(low[r * nb + b]);
+            const uint8_t *blk = row + 16 * b;
+            for (int t = 0; t < T; ++t) lows[t] += m * xsum[(long)t * nb + b];
+#if defined(__AVX2__) && defined(__FMA__)
+            const __m128i raw = _mm_loadu_si128((const __m128i *)blk);
+            const __m128i lo = _mm_and_si128(raw, mask), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+            const __m256 v0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+            const __m256 v1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
+            const __m256 v2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+            const __m256 v3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+            const __m256 sv = _mm256_set1_ps(s);
+            for (int t = 0; t < T; ++t) {
+                const float *xt = x + (long)t * n + 32 * b;
+                __m256 p = _mm256_mul_ps(v0, _mm256_loadu_ps(xt));
+                p = _mm256_fmadd_ps(v1, _mm256_loadu_ps(xt + 8), p);
+                p = _mm256_fmadd_ps(v2, _mm256_loadu_ps(xt + 16), p);
+                p = _mm256_fmadd_ps(v3, _mm256_loadu_ps(xt + 24), p);
+                acc[t] = _mm256_fmadd_ps(p, sv, acc[t]);
+            }
+#else
+            for (int t = 0; t < T; ++t) {
+                const float *xt = x + (long)t * n + 32 * b;
+                float p = 0.0f;
+                for (int j = 0; j < 16; ++j)
+                    p += (float)(blk[j] & 15) * xt[j] + (float)(blk[j] >> 4) * xt[j + 16];
+                sum[t] += s * p;
+            }
+#endif
+        }
+#if defined(__AVX2__) && defined(__FMA__)
+        for (int t = 0; t < T; ++t) {
+            __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
+            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+            sum[t] = _mm_cvtss_f32(h);
+        }
+#endif
+        for (int t = 0; t < T; ++t) y[t * ys + r] = sum[t] + lows[t];
+    }
+}
+
 /* In place, for each of `count` matrices (n, m) (row-major): x <- H_n x * norm (n = 2^k). */
 void fwht(long count, int n, int m, float *x, float norm) {
     for (long c = 0; c < count; ++c) {
@@ -240,6 +314,7 @@ _SIGNATURES = {
     "code_unpack": [_L, _L, _I, _I, _VP, _VP, _VP, _VP, _VP, _VP, _VP],
     "fwht": [_L, _I, _I, _VP, _F],
     "int8_matvec": [_L, _L, _I, _I, _VP, _VP, _VP, _VP, _L],
+    "int4_matvec": [_L, _L, _I, _I, _VP, _VP, _VP, _VP, _VP, _VP, _L],
 }
 
 

@@ -216,43 +216,61 @@ def read_manifest(directory: str | Path) -> dict:
     return manifest
 
 
-EMBEDDINGS = ("float32", "int8")
+EMBEDDINGS = ("float32", "int8", "int4")
+
+
+def _table_formats() -> dict:
+    """``embeddings`` name -> (quantizer, embedding class, head class) of a stored table."""
+    from llvq.llm.packed import (
+        Int4Embedding,
+        Int4Linear,
+        Int8Embedding,
+        Int8Linear,
+        int4_blocks,
+        int8_rows,
+    )
+
+    return {"int8": (int8_rows, Int8Embedding, Int8Linear),
+            "int4": (int4_blocks, Int4Embedding, Int4Linear)}
 
 
 def _store_embeddings(model: nn.Module, embeddings: str, packed: bool) -> None:
     """Keep the input embedding table and the output head (tied or not) as ``embeddings``.
 
     ``"int8"``: per-row symmetric int8 (:func:`llvq.llm.packed.int8_rows`, 8 bits per entry plus
-    a float32 scale per row). Packed, the model holds :class:`~llvq.llm.packed.Int8Embedding`
-    and :class:`~llvq.llm.packed.Int8Linear` sharing one table when tied; not packed, the
-    float32 weights are replaced by their int8 round trip (the same model, for checks).
+    a float32 scale per row); ``"int4"``: asymmetric 4-bit codes in blocks of 32 with a float16
+    scale and minimum each (:func:`llvq.llm.packed.int4_blocks`, 5 bits per entry). Packed, the
+    model holds the format's embedding and head modules (:class:`~llvq.llm.packed.Int8Embedding`
+    and :class:`~llvq.llm.packed.Int8Linear`, or the ``Int4`` pair) sharing one table when tied;
+    not packed, the float32 weights are replaced by their round trip (the same model, for checks).
     """
     if embeddings == "float32":
         return
-    from llvq.llm.packed import GLVQLinear, Int8Embedding, Int8Linear, int8_rows
+    from llvq.llm.packed import GLVQLinear
 
+    quantize, embedding_cls, head_cls = _table_formats()[embeddings]
     inp, out = model.get_input_embeddings(), model.get_output_embeddings()
     if not isinstance(inp, nn.Embedding) or (out is not None and not isinstance(out, nn.Linear)):
         raise ValueError(f"load_quantized: embeddings={embeddings!r} needs an nn.Embedding input "
                          f"table and an nn.Linear head, got {type(inp).__name__} and "
                          f"{type(out).__name__}")
     tied = out is not None and out.weight.data_ptr() == inp.weight.data_ptr()
-    q, s = int8_rows(inp.weight.detach())
+    table = quantize(inp.weight.detach())
     if out is not None:
-        qo, so = (q, s) if tied else int8_rows(out.weight.detach())
+        head = table if tied else quantize(out.weight.detach())
     if not packed:
         with torch.no_grad():
-            inp.weight.copy_(q.float() * s[:, None])
+            inp.weight.copy_(embedding_cls(*table).dequantized_weight())
             if out is not None and not tied:
-                out.weight.copy_(qo.float() * so[:, None])
+                out.weight.copy_(embedding_cls(*head).dequantized_weight())
         return
-    model.set_input_embeddings(Int8Embedding(q, s, inp.padding_idx))
+    model.set_input_embeddings(embedding_cls(*table, padding_idx=inp.padding_idx))
     if out is not None:
-        model.set_output_embeddings(Int8Linear(qo, so, out.bias))
+        model.set_output_embeddings(head_cls(*head, bias=out.bias))
     # the other float parameters (norms) are views of the memory-mapped export file, which
     # stays mapped, float32 table included, while any of them lives: give them their own memory
     for module in model.modules():
-        if not isinstance(module, (GLVQLinear, Int8Embedding, Int8Linear)):
+        if not isinstance(module, (GLVQLinear, embedding_cls, head_cls)):
             for param in module.parameters(recurse=False):
                 param.data = param.data.clone()
 
@@ -270,8 +288,10 @@ def load_quantized(directory: str | Path, packed: bool = False,
         embeddings: how the input embedding table and the output head (not quantized by GLVQ;
             a fifth of SmolLM2's float32 size) are kept: ``"float32"`` as exported, or
             ``"int8"`` (per-row symmetric int8 with a float32 scale per row, about a quarter of
-            the memory; tied tables stay shared). Packed, the int8 rows are used directly;
-            not packed, the float32 weights become their int8 round trip.
+            the memory) or ``"int4"`` (4-bit codes in blocks of 32 with a float16 scale and
+            minimum, GGUF Q4_1's layout: 5 bits per entry, about a sixth); tied tables stay
+            shared. Packed, the codes are used directly (a C kernel multiplies the head);
+            not packed, the float32 weights become their round trip.
     """
     if embeddings not in EMBEDDINGS:
         raise ValueError(f"load_quantized: `embeddings` must be one of {EMBEDDINGS}, got "

@@ -52,7 +52,8 @@ from llvq.quantizers.glvq import (
     mu_to_logit,
 )
 
-__all__ = ["GLVQLinear", "Int8Embedding", "Int8Linear", "int8_rows", "pack_rows", "planes",
+__all__ = ["GLVQLinear", "Int4Embedding", "Int4Linear", "Int8Embedding", "Int8Linear", "int4_blocks",
+           "int4_dequantize", "int8_rows", "pack_rows", "planes",
            "row_bytes", "unpack_rows"]
 
 _POOL: list[ThreadPoolExecutor] = []
@@ -450,3 +451,113 @@ class Int8Linear(_Float32Linear):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, int8 rows, "
                 f"bias={self.bias is not None}")
+
+
+# -- int4 embedding table and output head ---------------------------------------------------------
+INT4_BLOCK = 32  # entries of a row per float16 scale and minimum
+
+
+def int4_blocks(weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Asymmetric 4-bit codes in blocks of 32 entries of a row (GGUF's Q4_1 layout of the side
+    information): ``(q, scale, low)`` with ``q`` uint8 ``(rows, cols / 2)`` (byte ``j`` of a
+    block's 16 holds code ``j`` in its low nibble, code ``j + 16`` in its high one) and float16
+    ``scale``, ``low`` ``(rows, cols / 32)``; entry ``i`` of block ``b`` decodes to
+    ``low[b] + scale[b] * code_i`` with ``scale = (max - min) / 15`` (1 for a constant block)
+    and ``low`` the block's minimum, both rounded to float16 before the codes are chosen.
+    4 bits per entry plus 32 per block: 5 bits per entry."""
+    if weight.ndim != 2:
+        raise ValueError(f"int4_blocks: expected a 2-D weight, got shape {tuple(weight.shape)}")
+    rows, cols = weight.shape
+    if cols % INT4_BLOCK:
+        raise ValueError(f"int4_blocks: the width {cols} is not a multiple of the block of "
+                         f"{INT4_BLOCK} entries (use embeddings='int8')")
+    nb = cols // INT4_BLOCK
+    q = torch.empty(rows, cols // 2, dtype=torch.uint8)
+    scale = torch.empty(rows, nb, dtype=torch.float16)
+    low = torch.empty(rows, nb, dtype=torch.float16)
+    for r0 in range(0, rows, 4096):  # in chunks: no full float32 copy
+        w = weight[r0:r0 + 4096].float().reshape(-1, nb, INT4_BLOCK)
+        if not bool(torch.isfinite(w).all()):
+            raise ValueError("int4_blocks: the weight holds NaN or inf")
+        lo = w.amin(2).half()
+        s = ((w.amax(2) - lo.float()) / 15).half()
+        s = torch.where(s > 0, s, torch.ones_like(s))
+        c = torch.round((w - lo.float()[..., None]) / s.float()[..., None]).clamp_(0, 15)
+        c = c.to(torch.uint8)
+        q[r0:r0 + 4096] = (c[..., :16] | (c[..., 16:] << 4)).reshape(-1, cols // 2)
+        scale[r0:r0 + 4096], low[r0:r0 + 4096] = s, lo
+    return q, scale, low
+
+
+def int4_dequantize(q: Tensor, scale: Tensor, low: Tensor) -> Tensor:
+    """The float32 rows of :func:`int4_blocks`' codes ``q`` (any leading shape)."""
+    blocks = q.reshape(*q.shape[:-1], -1, INT4_BLOCK // 2)
+    codes = torch.cat([blocks & 15, blocks >> 4], dim=-1).float()
+    w = codes * scale.float().unsqueeze(-1) + low.float().unsqueeze(-1)
+    return w.reshape(*q.shape[:-1], -1)
+
+
+class Int4Embedding(nn.Module):
+    """An embedding table kept as 4-bit codes in blocks of 32 (:func:`int4_blocks`); a lookup
+    decodes the rows asked for to float32. It may share its tensors with the output head
+    (:class:`Int4Linear`) when the model ties them."""
+
+    def __init__(self, q: Tensor, scale: Tensor, low: Tensor, padding_idx: int | None = None) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = q.shape[0], 2 * q.shape[1]
+        self.padding_idx = padding_idx
+        self.register_buffer("q", q)
+        self.register_buffer("scale", scale)
+        self.register_buffer("low", low)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return int4_dequantize(self.q[ids], self.scale[ids], self.low[ids])
+
+    def dequantized_weight(self) -> Tensor:
+        return int4_dequantize(self.q, self.scale, self.low)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int4 blocks of {INT4_BLOCK}"
+
+
+class Int4Linear(_Float32Linear):
+    """``y = x W^T (+ b)`` with ``W`` kept as :func:`int4_blocks` codes: the output head of a
+    model whose (tied) embedding table is stored in 4 bits. Up to ``MAX_TOKENS`` vectors go
+    through a C kernel that reads the codes directly; more are multiplied by float32 blocks of
+    4096 rows (torch path without a compiler: blocks always)."""
+
+    def __init__(self, q: Tensor, scale: Tensor, low: Tensor, bias: Tensor | None = None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = q.shape[0], 2 * q.shape[1]
+        self.register_buffer("q", q)
+        self.register_buffer("scale", scale)
+        self.register_buffer("low", low)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float(),
+                                                           requires_grad=False)
+
+    def forward_float(self, x: Tensor) -> Tensor:
+        """:meth:`forward` on a float32 ``(T, in)`` input."""
+        fns, t = kernels(), x.shape[0]
+        if fns is not None and t <= MAX_TOKENS:
+            x = x.contiguous()
+            xsum = x.reshape(t, -1, INT4_BLOCK).sum(-1).contiguous()
+            y = torch.empty(t, self.out_features)
+
+            def run(r0: int, r1: int) -> None:
+                fns["int4_matvec"](r0, r1, t, self.in_features, self.q.data_ptr(),
+                                   self.scale.data_ptr(), self.low.data_ptr(), x.data_ptr(),
+                                   xsum.data_ptr(), y.data_ptr(), self.out_features)
+
+            _split_rows(run, self.out_features)
+        else:
+            y = torch.cat([F.linear(x, int4_dequantize(self.q[r0:r0 + 4096], self.scale[r0:r0 + 4096],
+                                                       self.low[r0:r0 + 4096]))
+                           for r0 in range(0, self.out_features, 4096)], dim=1)
+        return y if self.bias is None else y + self.bias
+
+    def dequantized_weight(self) -> Tensor:
+        return int4_dequantize(self.q, self.scale, self.low)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, int4 blocks "
+                f"of {INT4_BLOCK}, bias={self.bias is not None}")

@@ -13,8 +13,12 @@ from llvq.llm.groups import dequantize
 from llvq.llm.incoherence import unrotate
 from llvq.llm.packed import (
     GLVQLinear,
+    Int4Embedding,
+    Int4Linear,
     Int8Embedding,
     Int8Linear,
+    int4_blocks,
+    int4_dequantize,
     int8_rows,
     pack_rows,
     planes,
@@ -151,6 +155,9 @@ def test_portable_kernels_build_and_agree(fresh_kernel, monkeypatch) -> None:
     head = Int8Linear(q, s)
     torch.testing.assert_close(head(x[:, :100]), F.linear(x[:, :100], head.dequantized_weight()),
                                atol=1e-4, rtol=1e-4)
+    head4 = Int4Linear(*int4_blocks(torch.randn(70, 96)))
+    torch.testing.assert_close(head4(x[:, :96]), F.linear(x[:, :96], head4.dequantized_weight()),
+                               atol=1e-4, rtol=1e-4)
 
 
 def test_int8_rows_round_trip() -> None:
@@ -179,7 +186,46 @@ def test_int8_head_equals_its_dequantized_weight(kernel: str, tokens: int) -> No
     assert torch.equal(emb(ids), (q.float() * s[:, None])[ids])
 
 
-def test_tiny_llama_with_int8_embeddings(tmp_path: Path) -> None:
+def test_int4_blocks_round_trip() -> None:
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(300, 64, generator=g) * torch.rand(300, 1, generator=g) + 3 * torch.rand(300, 1, generator=g)
+    w[5] = 0.25  # a constant row: step 1, every code 0
+    q, scale, low = int4_blocks(w)
+    assert q.dtype == torch.uint8 and q.shape == (300, 32)
+    assert scale.dtype == low.dtype == torch.float16 and scale.shape == low.shape == (300, 2)
+    assert float(scale[5, 0]) == 1 and float(low[5, 0]) == 0.25 and not bool(q[5].any())
+    hat = int4_dequantize(q, scale, low)
+    step = scale.float().repeat_interleave(32, dim=1)
+    # half a step, plus the float16 rounding of the block minimum and step (relative 2^-11)
+    bound = step / 2 + (w.abs() + 15 * step) * 2.0 ** -10
+    assert bool(((hat - w).abs() <= bound).all())
+    codes = torch.cat([q.view(300, 2, 16) & 15, q.view(300, 2, 16) >> 4], -1)
+    assert int(codes.max()) == 15 and int(codes.min()) == 0  # the grid spans each block
+    assert torch.equal(int4_dequantize(q[[7, 9]], scale[[7, 9]], low[[7, 9]]), hat[[7, 9]])
+    with pytest.raises(ValueError, match="multiple of the block of 32"):
+        int4_blocks(torch.randn(4, 40))
+    w[7, 3] = float("inf")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        int4_blocks(w)
+
+
+@pytest.mark.parametrize("tokens", [1, 5, 20])
+def test_int4_head_equals_its_dequantized_weight(kernel: str, tokens: int) -> None:
+    g = torch.Generator().manual_seed(tokens)
+    table = int4_blocks(torch.randn(5000, 96, generator=g))
+    bias = torch.randn(5000, generator=g)
+    head = Int4Linear(*table, bias=bias)
+    x = torch.randn(2, tokens, 96, generator=g)
+    want = F.linear(x, int4_dequantize(*table), bias)
+    torch.testing.assert_close(head(x), want, atol=1e-4, rtol=1e-4)
+    assert head(x.half()).dtype == torch.float16
+    emb = Int4Embedding(*table)
+    ids = torch.tensor([[0, 4999, 17]])
+    assert torch.equal(emb(ids), int4_dequantize(*table)[ids])
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_tiny_llama_with_quantized_embeddings(tmp_path: Path, fmt: str) -> None:
     pytest.importorskip("transformers")
     from llvq.llm.io import load_quantized, save_quantized
     from tests.llm.test_glvq import TINY, _calib, _quantized_tiny
@@ -187,19 +233,20 @@ def test_tiny_llama_with_int8_embeddings(tmp_path: Path) -> None:
     model, tok, ptq = _quantized_tiny(3, TINY)
     save_quantized(tmp_path / "q", model, ptq.results, tok, TINY.group_size)
     with pytest.raises(ValueError, match="embeddings"):
-        load_quantized(tmp_path / "q", embeddings="int4")
+        load_quantized(tmp_path / "q", embeddings="int2")
     full, _ = load_quantized(tmp_path / "q")
-    ref, _ = load_quantized(tmp_path / "q", embeddings="int8")
-    packed, _ = load_quantized(tmp_path / "q", packed=True, embeddings="int8")
+    ref, _ = load_quantized(tmp_path / "q", embeddings=fmt)
+    packed, _ = load_quantized(tmp_path / "q", packed=True, embeddings=fmt)
     inp, out = packed.get_input_embeddings(), packed.get_output_embeddings()
-    assert isinstance(inp, Int8Embedding) and isinstance(out, Int8Linear)
+    classes = {"int8": (Int8Embedding, Int8Linear), "int4": (Int4Embedding, Int4Linear)}[fmt]
+    assert isinstance(inp, classes[0]) and isinstance(out, classes[1])
     tied = full.get_output_embeddings().weight.data_ptr() == \
         full.get_input_embeddings().weight.data_ptr()
     assert (out.q is inp.q) == tied
     w = full.get_input_embeddings().weight.detach()
     err = (ref.get_input_embeddings().weight.detach() - w).abs().max()
-    assert float(err) > 0 and float(err) <= \
-        float(w.abs().max()) / 254 + 1e-7  # rounded, by at most half a step
+    half_step = float(w.abs().max()) / (254 if fmt == "int8" else 15)  # int4: (max - min) / 30
+    assert 0 < float(err) <= half_step * 1.01 + 1e-7  # rounded, by at most half a step
     x = _calib(2, 48, seed=3)
     torch.testing.assert_close(packed(x).logits, ref(x).logits, atol=1e-4, rtol=1e-4)
     prompt = x[:1, :8]
@@ -207,7 +254,8 @@ def test_tiny_llama_with_int8_embeddings(tmp_path: Path) -> None:
     assert torch.equal(packed.generate(prompt, **kw), ref.generate(prompt, **kw))
 
 
-def test_tied_embeddings_share_one_int8_table() -> None:
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_tied_embeddings_share_one_table(fmt: str) -> None:
     transformers = pytest.importorskip("transformers")
     from llvq.llm.io import _store_embeddings
 
@@ -218,8 +266,8 @@ def test_tied_embeddings_share_one_int8_table() -> None:
     ref = transformers.LlamaForCausalLM(config).eval()
     packed = transformers.LlamaForCausalLM(config).eval()
     packed.load_state_dict(ref.state_dict())
-    _store_embeddings(ref, "int8", packed=False)
-    _store_embeddings(packed, "int8", packed=True)
+    _store_embeddings(ref, fmt, packed=False)
+    _store_embeddings(packed, fmt, packed=True)
     assert packed.get_output_embeddings().q is packed.get_input_embeddings().q
     assert ref.get_output_embeddings().weight is ref.get_input_embeddings().weight
     x = torch.randint(0, 300, (2, 10))
