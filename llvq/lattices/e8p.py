@@ -19,7 +19,9 @@ A code is ``abs_index * 256 + sign_bits * 2 + shift_bit``; :func:`decode` is a l
 with ``z = x - shift``, the best signs for pattern ``a`` are ``sign(z)`` when their parity is
 right, else ``sign(z)`` with the coordinate of least ``|z_i| a_i`` flipped, which costs
 ``4 |z_i| a_i`` more; so the distance to the best point of each of the 2 x 256 (shift,
-pattern) pairs is ``||z| - a|^2`` plus that penalty, and the least of the 512 wins.
+pattern) pairs is ``||z| - a|^2`` plus that penalty, and the least of the 512 wins. On the CPU
+a compiled kernel runs this search (:mod:`llvq.lattices._ce8p`); elsewhere, or without a C
+compiler, batched torch code does, bounding the penalty to skip most patterns.
 
 **Digits.** Where a code has to fit a contract of ``d`` codes of ``b`` bits per vector (the
 ``glvq`` quantizer with ``codebook="e8p"``, GLVQ's export), the 16-bit code is written as 8
@@ -36,6 +38,8 @@ import itertools
 
 import torch
 from torch import Tensor
+
+from llvq.lattices import _ce8p
 
 __all__ = ["CODE_BITS", "DIM", "MAX_NORM2", "abs_patterns", "codebook", "decode", "from_digits",
            "nearest", "to_digits"]
@@ -135,6 +139,9 @@ def nearest(x: Tensor, chunk: int = 8192, top: int = 12) -> tuple[Tensor, Tensor
     """Nearest E8P point of each row of ``x`` ``(N, 8)``: ``(codes (N,) int64, points (N, 8))``."""
     if x.shape[-1] != DIM:
         raise ValueError(f"E8P codes 8-dimensional vectors, got shape {tuple(x.shape)}")
+    if _ce8p.usable(x):  # CPU: the compiled search, same result
+        codes = _ce8p.nearest_codes(x)
+        return codes, decode(codes).to(x.dtype)
     a = abs_patterns().to(x.device)
     o = _odd(a).float()
     a_sq = a.pow(2).sum(1)

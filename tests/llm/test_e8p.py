@@ -35,8 +35,20 @@ def test_codebook_is_65536_distinct_points_of_e8_plus_a_quarter() -> None:
     assert bool((a.pow(2).sum(1) <= 12).all())
 
 
+@pytest.fixture(params=["c", "torch"])
+def search(request, monkeypatch):
+    """Run a test with the compiled E8P search, then with the torch one."""
+    from llvq.lattices import _ce8p
+
+    if request.param == "torch":
+        monkeypatch.setattr(_ce8p, "_KERNELS", [None])
+    elif _ce8p.kernels() is None:
+        pytest.skip("no C compiler: the E8P kernel cannot be built")
+    return request.param
+
+
 @pytest.mark.parametrize("scale", [0.3, 1.0, 2.5])
-def test_nearest_is_the_true_nearest_point(scale: float) -> None:
+def test_nearest_is_the_true_nearest_point(scale: float, search: str) -> None:
     g = torch.Generator().manual_seed(int(scale * 10))
     x = torch.randn(4000, 8, generator=g) * scale
     x[:5] = 0.0  # ties and zeros
@@ -49,6 +61,24 @@ def test_nearest_is_the_true_nearest_point(scale: float) -> None:
     torch.testing.assert_close(got, best, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="8-dimensional"):
         e8p.nearest(torch.zeros(3, 4))
+
+
+def test_compiled_search_gives_the_torch_codes_on_any_thread_split(monkeypatch) -> None:
+    from llvq.lattices import _ce8p
+
+    if _ce8p.kernels() is None:
+        pytest.skip("no C compiler: the E8P kernel cannot be built")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(9000, 8, generator=g) * 1.7
+    x[:4] = 0.0
+    ones = _ce8p.nearest_codes(x, threads=1)
+    assert torch.equal(_ce8p.nearest_codes(x, threads=2), ones)  # 2 parts of >= 4,096 rows
+    assert torch.equal(_ce8p.nearest_codes(x.double(), threads=1), ones)
+    assert _ce8p.usable(x) and not _ce8p.usable(x[:, :4])
+    assert not _ce8p.usable(x.clone().requires_grad_())
+    monkeypatch.setattr(_ce8p, "_KERNELS", [None])
+    torch_codes, _ = e8p.nearest(x)
+    assert torch.equal(torch_codes, ones)
 
 
 def test_granular_gain_over_scalar_two_bit_codes_on_gaussians() -> None:
