@@ -108,26 +108,26 @@ def usable(x: Tensor) -> bool:
             and not (x.requires_grad and torch.is_grad_enabled()) and kernels() is not None)
 
 
-def _tables() -> tuple[Tensor, Tensor, Tensor]:
+def _tables(patterns: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The kernel's layout of the ``(256, 8)`` absolute patterns (built once)."""
     if not _TABLES:
-        from llvq.lattices.e8p import abs_patterns
-
-        a = abs_patterns()
+        a = patterns.float().cpu()
         _TABLES.append((a.T.contiguous(), torch.round(2 * a).to(torch.int32).T.contiguous(),
                         a.pow(2).sum(1).contiguous()))
     return _TABLES[0]
 
 
-def nearest_codes(x: Tensor, threads: int | None = None) -> Tensor:
-    """The nearest E8P codes ``(N,)`` int64 of the rows of ``x`` (check :func:`usable` first),
-    split over up to ``threads`` threads (default: torch's) of at least 4,096 rows each."""
+def nearest_codes(x: Tensor, patterns: Tensor, threads: int | None = None) -> Tensor:
+    """The nearest E8P codes ``(N,)`` int64 of the rows of ``x`` (check :func:`usable` first)
+    for the absolute ``patterns`` (:func:`llvq.lattices.e8p.abs_patterns`), split over up to
+    ``threads`` threads (default: torch's) of at least 4,096 rows each."""
     fns = kernels()
     if fns is None:
         raise RuntimeError("the C E8P kernel is unavailable")
     xc = x.detach().float().contiguous()
     n = xc.shape[0]
     codes = torch.empty(n, dtype=torch.int64)
-    a_t, o_t, a_sq = _tables()
+    a_t, o_t, a_sq = _tables(patterns)
 
     def run(r0: int, r1: int) -> None:
         fns["e8p_nearest"](r0, r1, xc.data_ptr(), a_t.data_ptr(), o_t.data_ptr(),

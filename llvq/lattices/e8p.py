@@ -140,7 +140,7 @@ def nearest(x: Tensor, chunk: int = 8192, top: int = 12) -> tuple[Tensor, Tensor
     if x.shape[-1] != DIM:
         raise ValueError(f"E8P codes 8-dimensional vectors, got shape {tuple(x.shape)}")
     if _ce8p.usable(x):  # CPU: the compiled search, same result
-        codes = _ce8p.nearest_codes(x)
+        codes = _ce8p.nearest_codes(x, abs_patterns())
         return codes, decode(codes).to(x.dtype)
     a = abs_patterns().to(x.device)
     o = _odd(a).float()

@@ -71,9 +71,10 @@ def test_compiled_search_gives_the_torch_codes_on_any_thread_split(monkeypatch) 
     g = torch.Generator().manual_seed(3)
     x = torch.randn(9000, 8, generator=g) * 1.7
     x[:4] = 0.0
-    ones = _ce8p.nearest_codes(x, threads=1)
-    assert torch.equal(_ce8p.nearest_codes(x, threads=2), ones)  # 2 parts of >= 4,096 rows
-    assert torch.equal(_ce8p.nearest_codes(x.double(), threads=1), ones)
+    a = e8p.abs_patterns()
+    ones = _ce8p.nearest_codes(x, a, threads=1)
+    assert torch.equal(_ce8p.nearest_codes(x, a, threads=2), ones)  # 2 parts of >= 4,096 rows
+    assert torch.equal(_ce8p.nearest_codes(x.double(), a, threads=1), ones)
     assert _ce8p.usable(x) and not _ce8p.usable(x[:, :4])
     assert not _ce8p.usable(x.clone().requires_grad_())
     monkeypatch.setattr(_ce8p, "_KERNELS", [None])
