@@ -413,7 +413,40 @@ class Int8Embedding(nn.Module):
         return f"{self.num_embeddings}, {self.embedding_dim}, int8 rows"
 
 
-class Int8Linear(_Float32Linear):
+class _TableHead(_Float32Linear):
+    """An output head whose weight rows are stored quantized: up to ``MAX_TOKENS`` vectors go
+    through the format's C kernel (:meth:`_matvec`), more through float32 blocks of 4,096 rows
+    (:meth:`_rows`; without a compiler, always)."""
+
+    def _init_bias(self, bias: Tensor | None) -> None:
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float(),
+                                                           requires_grad=False)
+
+    def _rows(self, r0: int, r1: int) -> Tensor:
+        """Rows ``r0:r1`` of the weight in float32."""
+        raise NotImplementedError
+
+    def _matvec(self, fns: dict, x: Tensor, y: Tensor):
+        """``run(r0, r1)`` writing rows ``r0:r1`` of ``y = x W^T`` with the C kernel."""
+        raise NotImplementedError
+
+    def forward_float(self, x: Tensor) -> Tensor:
+        """:meth:`forward` on a float32 ``(T, in)`` input."""
+        fns, t = kernels(), x.shape[0]
+        if fns is not None and t <= MAX_TOKENS:
+            x = x.contiguous()
+            y = torch.empty(t, self.out_features)
+            _split_rows(self._matvec(fns, x, y), self.out_features)
+        else:
+            y = torch.cat([F.linear(x, self._rows(r0, min(r0 + 4096, self.out_features)))
+                           for r0 in range(0, self.out_features, 4096)], dim=1)
+        return y if self.bias is None else y + self.bias
+
+    def dequantized_weight(self) -> Tensor:
+        return self._rows(0, self.out_features)
+
+
+class Int8Linear(_TableHead):
     """``y = x W^T (+ b)`` with ``W`` kept as int8 rows and one float32 scale per row: the output
     head of a model whose (tied) embedding table is stored in int8. Up to ``MAX_TOKENS``
     vectors go through a C kernel that reads the int8 rows directly; more are multiplied by
@@ -424,29 +457,20 @@ class Int8Linear(_Float32Linear):
         self.out_features, self.in_features = q.shape
         self.register_buffer("q", q)
         self.register_buffer("scale", scale)
-        self.bias = None if bias is None else nn.Parameter(bias.detach().float(),
-                                                           requires_grad=False)
+        self._init_bias(bias)
 
-    def forward_float(self, x: Tensor) -> Tensor:
-        """:meth:`forward` on a float32 ``(T, in)`` input."""
-        fns, t = kernels(), x.shape[0]
-        if fns is not None and t <= MAX_TOKENS:
-            x = x.contiguous()
-            y = torch.empty(t, self.out_features)
+    def _rows(self, r0: int, r1: int) -> Tensor:
+        return self.q[r0:r1].float() * self.scale[r0:r1, None]
 
-            def run(r0: int, r1: int) -> None:
-                fns["int8_matvec"](r0, r1, t, self.in_features, self.q.data_ptr(),
-                                   self.scale.data_ptr(), x.data_ptr(), y.data_ptr(),
-                                   self.out_features)
+    def _matvec(self, fns: dict, x: Tensor, y: Tensor):
+        t = x.shape[0]
 
-            _split_rows(run, self.out_features)
-        else:
-            y = torch.cat([F.linear(x, self.q[r0:r0 + 4096].float() * self.scale[r0:r0 + 4096, None])
-                           for r0 in range(0, self.out_features, 4096)], dim=1)
-        return y if self.bias is None else y + self.bias
+        def run(r0: int, r1: int) -> None:
+            fns["int8_matvec"](r0, r1, t, self.in_features, self.q.data_ptr(),
+                               self.scale.data_ptr(), x.data_ptr(), y.data_ptr(),
+                               self.out_features)
 
-    def dequantized_weight(self) -> Tensor:
-        return self.q.float() * self.scale[:, None]
+        return run
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, int8 rows, "
@@ -520,7 +544,7 @@ class Int4Embedding(nn.Module):
         return f"{self.num_embeddings}, {self.embedding_dim}, int4 blocks of {INT4_BLOCK}"
 
 
-class Int4Linear(_Float32Linear):
+class Int4Linear(_TableHead):
     """``y = x W^T (+ b)`` with ``W`` kept as :func:`int4_blocks` codes: the output head of a
     model whose (tied) embedding table is stored in 4 bits. Up to ``MAX_TOKENS`` vectors go
     through a C kernel that reads the codes directly; more are multiplied by float32 blocks of
@@ -532,31 +556,21 @@ class Int4Linear(_Float32Linear):
         self.register_buffer("q", q)
         self.register_buffer("scale", scale)
         self.register_buffer("low", low)
-        self.bias = None if bias is None else nn.Parameter(bias.detach().float(),
-                                                           requires_grad=False)
+        self._init_bias(bias)
 
-    def forward_float(self, x: Tensor) -> Tensor:
-        """:meth:`forward` on a float32 ``(T, in)`` input."""
-        fns, t = kernels(), x.shape[0]
-        if fns is not None and t <= MAX_TOKENS:
-            x = x.contiguous()
-            xsum = x.reshape(t, -1, INT4_BLOCK).sum(-1).contiguous()
-            y = torch.empty(t, self.out_features)
+    def _rows(self, r0: int, r1: int) -> Tensor:
+        return int4_dequantize(self.q[r0:r1], self.scale[r0:r1], self.low[r0:r1])
 
-            def run(r0: int, r1: int) -> None:
-                fns["int4_matvec"](r0, r1, t, self.in_features, self.q.data_ptr(),
-                                   self.scale.data_ptr(), self.low.data_ptr(), x.data_ptr(),
-                                   xsum.data_ptr(), y.data_ptr(), self.out_features)
+    def _matvec(self, fns: dict, x: Tensor, y: Tensor):
+        t = x.shape[0]
+        xsum = x.reshape(t, -1, INT4_BLOCK).sum(-1).contiguous()
 
-            _split_rows(run, self.out_features)
-        else:
-            y = torch.cat([F.linear(x, int4_dequantize(self.q[r0:r0 + 4096], self.scale[r0:r0 + 4096],
-                                                       self.low[r0:r0 + 4096]))
-                           for r0 in range(0, self.out_features, 4096)], dim=1)
-        return y if self.bias is None else y + self.bias
+        def run(r0: int, r1: int) -> None:
+            fns["int4_matvec"](r0, r1, t, self.in_features, self.q.data_ptr(),
+                               self.scale.data_ptr(), self.low.data_ptr(), x.data_ptr(),
+                               xsum.data_ptr(), y.data_ptr(), self.out_features)
 
-    def dequantized_weight(self) -> Tensor:
-        return int4_dequantize(self.q, self.scale, self.low)
+        return run
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, int4 blocks "
