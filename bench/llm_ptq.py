@@ -20,8 +20,8 @@ windows (:func:`llvq.llm.tune.tune_float_parameters`, ``--tune-steps`` Adam step
 ``--tune-lr``, 2 slices of 256 tokens per step): the row has ``ppl_untuned`` and ``ppl``. Any
 method can be tuned the same way, so GLVQ + tuning is compared with GPTQ + tuning. A name ending
 in `` +tune+scales`` also tunes the scales each method stores (:func:`llvq.llm.tune.scale_tuning`:
-GLVQ's float16 row and group scales; RTN's, AWQ's and GPTQ's scale per row and group, not with
-act-order); codes and bits stay as they are.
+GLVQ's float16 row and group scales; E8P's float16 row scales; RTN's, AWQ's and GPTQ's scale
+per row and group, not with act-order); codes and bits stay as they are.
 ``--plot`` draws perplexity against bits per weight for every method of the run and of the
 ``--merge`` result files.
 
@@ -65,7 +65,7 @@ from _report import RESULTS, machine_info, markdown_table, show_progress, write_
 from llvq.data import TextDataModule
 from llvq.llm.baselines import LLM_BASELINES, apply_baseline
 from llvq.llm.eval import perplexity
-from llvq.llm.models import load_causal_lm, quantizable_linears
+from llvq.llm.models import block_linears, decoder_blocks, load_causal_lm, quantizable_linears
 from llvq.llm.ptq import BlockwisePTQ, layer_storage_bits, quantize_with_baseline
 from llvq.llm.settings import GLVQSettings, TuneSettings
 from llvq.llm.tune import scale_tuning, tunable_parameters, tune_float_parameters
@@ -356,7 +356,8 @@ def main() -> None:
                                            / len(errs)))
         else:  # a registered baseline, from the full-precision weights
             options = baseline_options(base, args.group_size)
-            baseline = LLM_BASELINES.build(method, bits=bits, **options)
+            keep = {"keep": True} if method == "e8p" and tuned.get(name) == "scales" else {}
+            baseline = LLM_BASELINES.build(method, bits=bits, **options, **keep)
             row.update(options)
             if getattr(baseline, "calibrated", False):  # GPTQ: block by block, same windows
                 info = quantize_with_baseline(model, calib, baseline, batch_size=4,
@@ -376,9 +377,14 @@ def main() -> None:
                 elif method in ("rtn", "gptq", "awq") and not row.get("act_order"):
                     group = row.get("group_size", args.group_size)
                     scales = scale_tuning(model, quantizable_linears(model), group)
+                elif method == "e8p":  # its float16 row scales, kept by the baseline
+                    linears = {f"layers.{i}.{n}": lin
+                               for i, block in enumerate(decoder_blocks(model))
+                               for n, lin in block_linears(block).items()}
+                    scales = scale_tuning(model, linears, args.group_size, baseline.layers)
                 else:
-                    raise SystemExit(f"{name!r}: scale tuning needs GLVQ, RTN, AWQ or GPTQ without "
-                                     f"act-order (a scale per row and group)")
+                    raise SystemExit(f"{name!r}: scale tuning needs GLVQ, E8P, RTN, AWQ or GPTQ "
+                                     f"without act-order (a scale per row and group)")
             with scales:
                 losses = tune_float_parameters(model, teacher, calib, TuneSettings(
                     steps=args.tune_steps, lr=args.tune_lr, seq_len=min(256, args.seq_len),

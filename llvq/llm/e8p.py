@@ -15,6 +15,8 @@ layer (searched on the layer's output error) and optionally per row, E8P codes b
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -23,7 +25,7 @@ from llvq.llm.baselines import LLM_BASELINES, BaselineOutput, check_bits
 from llvq.llm.groups import SIDE_BITS, SIDE_DTYPE, inverse_cholesky
 from llvq.llm.incoherence import layer_seed, rotate, unrotate
 
-__all__ = ["E8PBaseline", "abs_patterns", "block_ldlq", "codebook", "decode", "e8p_quantize",
+__all__ = ["E8PBaseline", "E8PLayer", "abs_patterns", "block_ldlq", "codebook", "decode", "e8p_quantize",
            "nearest"]
 
 #: the scale multiples tried per layer, relative to the Gaussian-fitted default (RMS / 1.03)
@@ -126,6 +128,25 @@ def e8p_quantize(w: Tensor, h: Tensor, row_scale: bool = True, scales=SCALE_GRID
     return q, k, s, rs
 
 
+@dataclass
+class E8PLayer:
+    """What an :class:`E8PBaseline` made of one layer, kept (``keep=True``) for scale tuning
+    (:func:`llvq.llm.tune.scale_tuning`).
+
+    Attributes:
+        weight: the dequantized weight in the rotated coordinates, ``diag(row_scale) *
+            layer_scale * P`` (float32; the layer's own weight is ``U^T weight V``).
+        row_scale: the float16 row scales (``None`` without ``row_scale``).
+        layer_scale: the float16 layer scale (a 0-d tensor).
+        seed: the seed of the layer's rotations (``None`` without incoherence).
+    """
+
+    weight: Tensor
+    row_scale: Tensor | None
+    layer_scale: Tensor
+    seed: int | None
+
+
 @LLM_BASELINES.register("e8p")
 class E8PBaseline:
     """QuIP#'s quantizer without fine-tuning: incoherence, the E8P codebook, BlockLDLQ.
@@ -143,13 +164,16 @@ class E8PBaseline:
         incoherence: randomized Hadamard transforms on both sides (QuIP#'s default).
         damp: BlockLDLQ's dampening.
         seed: offset of the per-layer transform seeds.
+        keep: keep each layer's :class:`E8PLayer` in :attr:`layers` by name (for tuning the
+            stored row scales afterwards; a float32 copy of every weight).
     """
 
     calibrated = True
     inputs = ("name",)
 
     def __init__(self, bits: int = 2, group_size: int | None = None, row_scale: bool = True,
-                 incoherence: bool = True, damp: float = 0.01, seed: int = 0) -> None:
+                 incoherence: bool = True, damp: float = 0.01, seed: int = 0,
+                 keep: bool = False) -> None:
         self.bits = check_bits("e8p", bits, (2,))
         if not 0 <= damp < 1:
             raise ValueError(f"LLM baseline 'e8p': damp must be in [0, 1), got {damp}")
@@ -157,11 +181,17 @@ class E8PBaseline:
         self.incoherence = bool(incoherence)
         self.damp = damp
         self.seed = int(seed)
+        self.keep = bool(keep)
+        self.layers: dict[str, E8PLayer] = {}
 
     def __call__(self, w: Tensor, h: Tensor, name: str = "layer") -> BaselineOutput:
         seed = layer_seed(name, self.seed)
         wr, hr = rotate(w.float(), h.float(), seed) if self.incoherence else (w.float(), h.float())
-        q, _, _, _ = e8p_quantize(wr, hr, self.row_scale, damp=self.damp, name=name)
+        q, _, layer_scale, rs = e8p_quantize(wr, hr, self.row_scale, damp=self.damp, name=name)
         w_hat = unrotate(q, seed) if self.incoherence else q
+        if self.keep:
+            self.layers[name] = E8PLayer(q, None if rs is None else rs.to(SIDE_DTYPE),
+                                         layer_scale.to(SIDE_DTYPE),
+                                         seed if self.incoherence else None)
         out, cols = w.shape
         return BaselineOutput(weight=w_hat, bits=float(e8p_storage_bits(out, cols, self.row_scale)))

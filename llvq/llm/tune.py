@@ -12,8 +12,9 @@ and no bit count. The windows are drawn from a seeded generator, so a run repeat
 for GLVQ the float16 row scale of each output row and the float16 scale of each group (both
 multiply the decoded weight, in the rotated coordinates under incoherence processing, so the
 layer runs as ``U^T diag(a) W diag(b) V x`` while tuning); for a baseline with a scale per row
-and group (RTN, GPTQ without act-order) that scale. The tuned scales are written back in their
-stored precision, so the rate does not change.
+and group (RTN, GPTQ without act-order) that scale; for the ``e8p`` baseline (QuIP#'s codes)
+its float16 row scales, in the rotated coordinates as GLVQ's. The tuned scales are written back
+in their stored precision, so the rate does not change.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from llvq.llm.e8p import E8PLayer
 from llvq.llm.eval import _logits
 from llvq.llm.groups import SIDE_DTYPE, LayerResult, dequantize, model_weight
+from llvq.llm.incoherence import unrotate
 from llvq.llm.packed import _Rotation
 from llvq.llm.settings import TuneSettings
 from llvq.progress import track
@@ -55,20 +58,21 @@ def _factor(*shape: int) -> nn.Parameter:
     return p
 
 
-class _GLVQScales(nn.Module):
-    """A GLVQ layer during scale tuning: ``U^T diag(row) W diag(col ⊗ 1) V x + bias``.
+class _RotatedScales(nn.Module):
+    """A layer during scale tuning: ``U^T diag(row) W diag(col ⊗ 1) V x + bias``.
 
-    ``W`` is the dequantized (rotated) weight, ``row`` and ``col`` start at 1 and multiply the
-    stored row scales and group scales (:func:`commit` writes them back).
+    ``W`` is the dequantized weight in the rotated coordinates of ``seed`` (none: ``U = V =
+    I``); ``row`` (per output row) and ``col`` (per group of ``group_size`` input columns)
+    start at 1 and multiply the scales the method stores; :meth:`commit` writes them back.
     """
 
-    def __init__(self, linear: nn.Linear, res: LayerResult, group_size: int) -> None:
+    def __init__(self, linear: nn.Linear, w: Tensor, seed: int | None, row: bool,
+                 group_size: int | None) -> None:
         super().__init__()
-        self.linear, self.res, self.group_size = linear, res, group_size
-        self.register_buffer("w", res.weight.detach().float())
-        self.row = _factor(self.w.shape[0]) if res.row_scale is not None else None
-        self.col = _factor(self.w.shape[1] // group_size)
-        seed = res.rotation_seed
+        self.linear, self.group_size = linear, group_size
+        self.register_buffer("w", w.detach().float())
+        self.row = _factor(self.w.shape[0]) if row else None
+        self.col = _factor(self.w.shape[1] // group_size) if group_size else None
         self.rot_in = _Rotation(self.w.shape[1], seed + 1) if seed is not None else None
         self.rot_out = _Rotation(self.w.shape[0], seed) if seed is not None else None
 
@@ -76,7 +80,9 @@ class _GLVQScales(nn.Module):
         t = x.reshape(-1, x.shape[-1]).float()
         if self.rot_in is not None:
             t = self.rot_in(t)
-        y = F.linear(t * self.col.repeat_interleave(self.group_size), self.w)
+        if self.col is not None:
+            t = t * self.col.repeat_interleave(self.group_size)
+        y = F.linear(t, self.w)
         if self.row is not None:
             y = y * self.row
         if self.rot_out is not None:
@@ -84,6 +90,15 @@ class _GLVQScales(nn.Module):
         if self.linear.bias is not None:
             y = y + self.linear.bias
         return y.reshape(*x.shape[:-1], -1).to(x.dtype)
+
+
+class _GLVQScales(_RotatedScales):
+    """GLVQ: the float16 row scales and group scales of its :class:`LayerResult`."""
+
+    def __init__(self, linear: nn.Linear, res: LayerResult, group_size: int) -> None:
+        super().__init__(linear, res.weight, res.rotation_seed, res.row_scale is not None,
+                         group_size)
+        self.res = res
 
     @torch.no_grad()
     def commit(self) -> None:
@@ -95,6 +110,29 @@ class _GLVQScales(nn.Module):
         r.weight = dequantize(r.codes, r.generator, r.mu, r.scale, r.row_scale, r.bits,
                               r.compand, r.weight.shape[0], self.group_size, r.code)
         self.linear.weight.copy_(model_weight(r).to(self.linear.weight))
+
+
+class _E8PScales(_RotatedScales):
+    """The ``e8p`` baseline: its float16 row scales (:class:`llvq.llm.e8p.E8PLayer`)."""
+
+    def __init__(self, linear: nn.Linear, layer: E8PLayer) -> None:
+        if layer.row_scale is None:
+            raise ValueError("scale tuning: an e8p layer without row scales has no scale per "
+                             "row to tune (E8PBaseline(row_scale=True))")
+        super().__init__(linear, layer.weight, layer.seed, True, None)
+        self.layer = layer
+
+    @torch.no_grad()
+    def commit(self) -> None:
+        """Round the tuned row scales to float16; the weight follows (``diag(rs) s P``)."""
+        old = self.layer.row_scale.float()
+        new = (old * self.row.detach().float()).to(SIDE_DTYPE)
+        self.layer.weight = self.layer.weight * (new.float() / old)[:, None]
+        self.layer.row_scale = new
+        w = self.layer.weight
+        if self.layer.seed is not None:
+            w = unrotate(w, self.layer.seed)
+        self.linear.weight.copy_(w.to(self.linear.weight))
 
 
 class _GroupScales(nn.Module):
@@ -128,6 +166,18 @@ def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
     raise ValueError("scale tuning: a layer to tune is not inside the model")
 
 
+def _swap(linear: nn.Linear, result: object, group_size: int) -> nn.Module:
+    """The tuning module of one layer, by what its quantizer left (``None``: a scale per row and
+    group on the layer's own weight)."""
+    if result is None:
+        return _GroupScales(linear, group_size)
+    if isinstance(result, LayerResult):
+        return _GLVQScales(linear, result, group_size)
+    if isinstance(result, E8PLayer):
+        return _E8PScales(linear, result)
+    raise TypeError(f"scale tuning: no scales to tune in a {type(result).__name__}")
+
+
 @contextmanager
 def scale_tuning(model: nn.Module, linears: dict[str, nn.Linear], group_size: int,
                  results: dict[str, LayerResult] | None = None) -> Iterator[None]:
@@ -142,14 +192,16 @@ def scale_tuning(model: nn.Module, linears: dict[str, nn.Linear], group_size: in
         model: the model holding ``linears``.
         linears: the quantized layers by name.
         group_size: input columns per group.
-        results: GLVQ's :class:`LayerResult` per name of ``linears`` (row and group scales are
-            tuned and updated in place); ``None`` for a baseline whose weight is a scale per row
-            and group times an integer grid (RTN, GPTQ without act-order).
+        results: per name of ``linears``, GLVQ's :class:`LayerResult` (row and group scales
+            are tuned and updated in place) or the ``e8p`` baseline's
+            :class:`llvq.llm.e8p.E8PLayer` (its row scales); ``None`` for a baseline whose
+            weight is a scale per row and group times an integer grid (RTN, GPTQ without
+            act-order).
     """
     if results is not None and set(results) != set(linears):
-        raise ValueError("scale tuning: the layers and their GLVQ results do not match")
-    swaps = {n: (_GLVQScales(lin, results[n], group_size) if results is not None
-                 else _GroupScales(lin, group_size)) for n, lin in linears.items()}
+        raise ValueError("scale tuning: the layers and their quantization results do not match")
+    swaps = {n: _swap(lin, None if results is None else results[n], group_size)
+             for n, lin in linears.items()}
     device = next(model.parameters()).device
     for n, lin in linears.items():
         _replace(model, lin, swaps[n].to(device))

@@ -129,6 +129,57 @@ def test_group_scale_tuning_for_a_baseline() -> None:
         pass
 
 
+@pytest.mark.parametrize("incoherence", [False, True])
+def test_e8p_row_scale_tuning_keeps_codes_and_float16_scales(incoherence: bool) -> None:
+    pytest.importorskip("transformers")
+    from llvq.llm.e8p import E8PBaseline, decode, nearest
+    from llvq.llm.incoherence import unrotate
+    from llvq.llm.models import block_linears, decoder_blocks
+    from llvq.llm.ptq import quantize_with_baseline
+
+    model, _ = load_causal_lm("tiny-llama", seed=0)
+    teacher, _ = load_causal_lm("tiny-llama", seed=0)
+    baseline = E8PBaseline(incoherence=incoherence, keep=True)
+    quantize_with_baseline(model, _calib(4, 64), baseline, batch_size=2)
+    layers = {f"layers.{i}.{n}": lin for i, block in enumerate(decoder_blocks(model))
+              for n, lin in block_linears(block).items()}
+    assert set(baseline.layers) == set(layers)
+
+    def points(e) -> torch.Tensor:  # the E8P points the stored weight is made of
+        r = e.row_scale.float()[:, None] * e.layer_scale.float()
+        return (e.weight / r).reshape(-1, 8)
+
+    before = {n: (points(e), e.row_scale.clone()) for n, e in baseline.layers.items()}
+    for p, _ in before.values():  # the kept weight is diag(rs) s P: exactly codebook points
+        torch.testing.assert_close(p, decode(nearest(p)[0]), atol=1e-4, rtol=0)
+    held_out = _calib(4, 64, seed=9)
+    with torch.no_grad():
+        logits = model(held_out).logits
+    kl0 = _kl(model, teacher, held_out)
+    with scale_tuning(model, layers, 16, baseline.layers):
+        assert sum(n.endswith(".row") for n in tunable_parameters(model)) == len(layers)
+        with torch.no_grad():  # starts as the quantized model
+            torch.testing.assert_close(model(held_out).logits, logits, atol=1e-4, rtol=1e-4)
+        tune_float_parameters(model, teacher, _calib(8, 64),
+                              TuneSettings(steps=20, lr=5e-3, batch_size=2, seq_len=32),
+                              progress=False)
+    assert _kl(model, teacher, held_out) < kl0
+    moved = 0
+    for n, e in baseline.layers.items():
+        p, rs = before[n]
+        assert e.row_scale.dtype == torch.float16
+        moved += int(not torch.equal(e.row_scale, rs))
+        torch.testing.assert_close(points(e), p, atol=1e-4, rtol=0)  # codes unchanged
+        w = unrotate(e.weight, e.seed) if incoherence else e.weight
+        torch.testing.assert_close(layers[n].weight.detach(), w, atol=1e-6, rtol=1e-5)
+    assert moved == len(layers)
+    no_rows = E8PBaseline(row_scale=False, keep=True)
+    quantize_with_baseline(model, _calib(2, 64), no_rows, batch_size=2)
+    with pytest.raises(ValueError, match="without row scales"), \
+            scale_tuning(model, layers, 16, no_rows.layers):
+        pass
+
+
 def test_hidden_state_objective_tunes_an_encoder() -> None:
     transformers = pytest.importorskip("transformers")
     import copy
