@@ -1,7 +1,7 @@
 """Packed GLVQ models: resident memory and greedy-generation speed against the float32 model.
 
-    python train.py experiment=glvq_smollm2 model.bits=2 model.tune.steps=0 model.export_dir=exports/smollm2-glvq2
-    python train.py experiment=glvq_smollm2 model.bits=4 model.tune.steps=0 model.export_dir=exports/smollm2-glvq4
+    python train.py experiment=glvq_smollm2 model.bits=2 model.tune.steps=0 model.glvq.vector_feedback=false model.export_dir=exports/smollm2-glvq2
+    python train.py experiment=glvq_smollm2 model.bits=4 model.tune.steps=0 model.glvq.vector_feedback=false model.export_dir=exports/smollm2-glvq4
     python bench/llm_packed.py --export exports/smollm2-glvq2 exports/smollm2-glvq4
 
 For each export (``llvq.llm.io.save_quantized``) and for the float32 model it came from:
