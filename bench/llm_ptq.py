@@ -138,13 +138,14 @@ def merge_rows(rows: list[dict], files: list[str]) -> list[dict]:
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
-    """Perplexity (log) against bits per weight, one line per method."""
+    """Perplexity (log) against bits per weight, one line per method: the whole range on the
+    left, perplexities up to ``ZOOM`` on the right, one legend for both below them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6.5))
     fp = [r["ppl"] for r in rows if r["method"] == "fp"]
     series: dict[str, list[tuple[float, float]]] = {}
     for r in rows:
@@ -154,21 +155,31 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         series.setdefault(label, []).append((r["bits_per_weight"], r["ppl"]))
     colors = plt.get_cmap("tab20").colors  # more series than the default 10 colours
     markers = "osD^v<>"
-    for i, (label, pts) in enumerate(sorted(series.items())):
-        pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", marker=markers[i % len(markers)],
-                color=colors[(2 * i) % 20 + (i // 10) % 2], label=label)
-    if fp:
-        ax.axhline(fp[0], color="k", ls=":", label=f"fp ({fp[0]:.2f})")
-    ax.set_yscale("log")
-    ax.set_xlabel("bits per weight (codes + side information as stored)")
-    ax.set_ylabel("perplexity (16k held-out tokens)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    for ax, zoom in zip(axes, (False, True)):
+        for i, (label, pts) in enumerate(sorted(series.items())):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", marker=markers[i % len(markers)],
+                    color=colors[(2 * i) % 20 + (i // 10) % 2], label=label)
+        if fp:
+            ax.axhline(fp[0], color="k", ls=":", label=f"fp ({fp[0]:.2f})")
+        ax.set_yscale("log")
+        if zoom:
+            low = min([p[1] for pts in series.values() for p in pts] + fp)
+            ax.set_ylim(low * 0.95, ZOOM)
+            ax.set_title(f"perplexity up to {ZOOM}")
+        else:
+            ax.set_title(title)
+        ax.set_xlabel("bits per weight (codes + side information as stored)")
+        ax.set_ylabel("perplexity (16k held-out tokens)")
+        ax.grid(alpha=0.3, which="both")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.17, 1, 1))
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+ZOOM = 100  # the right panel's top perplexity
 
 
 def _byte_level_hf_tokenizer(size: int):
