@@ -45,6 +45,17 @@ def show_progress() -> None:
         log.setLevel(logging.INFO)
 
 
+def _cpu_name() -> str | None:
+    """The CPU's model name (Linux), or ``None``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def machine_info() -> dict[str, Any]:
     """Platform, CPU count, thread count, library versions, the commit and the date."""
     return {
@@ -52,6 +63,10 @@ def machine_info() -> dict[str, Any]:
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu": _cpu_name(),
+        # the kernels torch picks (AVX2, AVX512, ...): training runs that differ only here can
+        # diverge, since float rounding differs
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),

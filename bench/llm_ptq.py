@@ -21,7 +21,8 @@ windows (:func:`llvq.llm.tune.tune_float_parameters`, ``--tune-steps`` Adam step
 method can be tuned the same way, so GLVQ + tuning is compared with GPTQ + tuning. A name ending
 in `` +tune+scales`` also tunes the scales each method stores (:func:`llvq.llm.tune.scale_tuning`:
 GLVQ's float16 row and group scales; E8P's float16 row scales; RTN's, AWQ's and GPTQ's scale
-per row and group, not with act-order); codes and bits stay as they are.
+per row and group, not with act-order); codes and bits stay as they are. A GLVQ name ending in
+`` +tune+codebook`` tunes its generators and µ as well (``scale_tuning(codebook=True)``).
 ``--plot`` draws perplexity against bits per weight for every method of the run and of the
 ``--merge`` result files.
 
@@ -101,11 +102,15 @@ GRID = {
 ROOT = Path(__file__).resolve().parents[1]
 TUNE = " +tune"  # name suffix: tune the float parameters left after quantizing
 TUNE_SCALES = " +tune+scales"  # ... and the scales each method stores
+TUNE_CODEBOOK = " +tune+codebook"  # ... and GLVQ's generators and µ
 
 
 def split_tune(name: str) -> tuple[str, str | None]:
     """``("glvq-2 incoherence", "scales")`` from ``"glvq-2 incoherence +tune+scales"``; the
-    mode is ``"norms"`` for `` +tune`` and ``None`` without a suffix."""
+    mode is ``"norms"`` for `` +tune``, ``"codebook"`` for `` +tune+codebook`` and ``None``
+    without a suffix."""
+    if name.endswith(TUNE_CODEBOOK):
+        return name.removesuffix(TUNE_CODEBOOK), "codebook"
     if name.endswith(TUNE_SCALES):
         return name.removesuffix(TUNE_SCALES), "scales"
     if name.endswith(TUNE):
@@ -317,7 +322,7 @@ def main() -> None:
         raise SystemExit(f"unknown configurations {unknown}; known: {list(GRID)} and "
                          f"<baseline>-<bits> for the baselines {LLM_BASELINES.names()}, "
                          f"glvq-<bits>[ incoherence][ act-order][ e8p][ vector-feedback] and gptqmodel-<bits>, each with an "
-                         f"optional '{TUNE}' or '{TUNE_SCALES}'")
+                         f"optional '{TUNE}', '{TUNE_SCALES}' or '{TUNE_CODEBOOK}'")
     t0 = time.time()
     model, tok = load_causal_lm(args.model, seed=args.seed)
     load_s = time.time() - t0
@@ -382,7 +387,12 @@ def main() -> None:
             row["ppl_untuned"] = ppl(model)
             t = time.time()
             scales = contextlib.nullcontext()
-            if tuned[name] == "scales":
+            if tuned[name] == "codebook":
+                if method != "glvq":
+                    raise SystemExit(f"{name!r}: codebook tuning needs GLVQ (its generators and µ)")
+                scales = scale_tuning(model, ptq.named_layers(), args.group_size, ptq.results,
+                                      codebook=True)
+            elif tuned[name] == "scales":
                 if method == "glvq":
                     scales = scale_tuning(model, ptq.named_layers(), args.group_size, ptq.results)
                 elif method in ("rtn", "gptq", "awq") and not row.get("act_order"):

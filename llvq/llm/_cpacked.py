@@ -7,7 +7,10 @@ bits, stored row by row in bit planes (the layout is in the C source and in
     y[t, r] = sum_g sum_i code[g, r, i] * z[t, g * gs + i]
 
 over the groups not flagged ``skip``; ``code_unpack`` writes ``code - offset[g]`` as float32 into
-an ``(out, M * gs)`` matrix (for many tokens at once, where a matrix product wins).
+an ``(out, M * gs)`` matrix (for many tokens at once, where a matrix product wins);
+``e8p_matvec`` is ``code_matvec`` for E8P groups (each vector's 8 base-4 digits are its 16-bit
+code, decoded from the 256 absolute patterns, the sign bits and the shift, so the pattern table
+stays in the L1 cache).
 ``int8_matvec`` multiplies rows of int8 with one scale each (an embedding table stored in int8
 and used as the output head, :class:`llvq.llm.packed.Int8Linear`) by up to ``MAX_TOKENS``
 vectors, ``int4_matvec`` the same for rows of 4-bit codes in blocks of 32 with a float16 scale
@@ -147,6 +150,89 @@ void code_matvec(long r0, long r1, int T, int M, int gs, const int32_t *bits, co
                             &acc);
             }
             y[t * ys + r] = acc_sum(&acc);
+        }
+    }
+}
+
+/* E8P groups (2-bit digits, one plane: code i of a row is field i / nb of byte i % nb, nb = gs / 4).
+   The 8 digits of vector v (least significant first) make its 16-bit code
+   c = abs * 256 + neg7 * 2 + shift (llvq.lattices.e8p): the point is s * pat[abs] + (shift ? -1/4
+   : 1/4) with s_i = -1 where bit i of neg7 is set (i < 7) and s_7 set by the parity rule,
+   negative iff par[abs] (= (sum_i 2 pat[abs]_i mod 4) / 2) differs from popcount(neg7) mod 2.
+   y[t, r] = sum_g sum_v point . z[t, g * gs + 8 v ...]; pat (256 x 8 floats) stays in L1. */
+static inline int e8p_digits(uint64_t w, int k) {
+    /* the low 2 bits of field k of 8 consecutive bytes, byte c -> bits 2c, 2c + 1 */
+    w = (w >> (2 * k)) & 0x0303030303030303ULL;
+    return (int)((w & 3) | ((w >> 6) & 0xC) | ((w >> 12) & 0x30) | ((w >> 18) & 0xC0)
+                 | ((w >> 24) & 0x300) | ((w >> 30) & 0xC00) | ((w >> 36) & 0x3000)
+                 | ((w >> 42) & 0xC000));
+}
+
+static inline int e8p_code(const uint8_t *seg, int nb, int v) {
+    int idx = 0;
+    for (int c = 0; c < 8; ++c) {
+        int i = 8 * v + c;
+        idx |= ((seg[i % nb] >> (2 * (i / nb))) & 3) << (2 * c);
+    }
+    return idx;
+}
+
+void e8p_matvec(long r0, long r1, int T, int M, int gs, const int64_t *off, const int32_t *skip,
+                const int64_t *stride, const uint8_t *bytes, const float *pat, const uint8_t *par,
+                const float *z, float *y, long ys) {
+    const long zs = (long)M * gs;
+    const int nb = gs / 4, nv = gs / 8;
+    for (long r = r0; r < r1; ++r) {
+        for (int t = 0; t < T; ++t) {
+            const float *zt = z + t * zs;
+#if defined(__AVX2__) && defined(__FMA__)
+            __m256 vacc = _mm256_setzero_ps();
+            const __m256i bitsel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+#else
+            float acc = 0.0f;
+#endif
+            for (int g = 0; g < M; ++g) {
+                if (skip[g]) continue;
+                const uint8_t *seg = bytes + off[g] + r * stride[g];
+                const float *zg = zt + (long)g * gs;
+                /* with 8 | nb, vector v = k * (nb / 8) + jj is bytes 8 jj ... 8 jj + 7, field k */
+                const int per = nb % 8 == 0 ? nb / 8 : 0;
+                for (int v = 0; v < nv; ++v) {
+                    int c;
+                    if (per) {
+                        int k = 0, jj = v;
+                        while (jj >= per) { jj -= per; ++k; }  /* k < 4: no division */
+                        uint64_t w;
+                        memcpy(&w, seg + 8 * jj, 8);
+                        c = e8p_digits(w, k);
+                    } else {
+                        c = e8p_code(seg, nb, v);
+                    }
+                    int a = c >> 8, neg = (c >> 1) & 127;
+                    neg |= ((par[a] ^ __builtin_popcount(neg)) & 1) << 7;
+                    float sh = (c & 1) ? -0.25f : 0.25f;
+                    const float *pa = pat + 8 * a, *zv = zg + 8 * v;
+#if defined(__AVX2__) && defined(__FMA__)
+                    __m256i m = _mm256_cmpeq_epi32(
+                        _mm256_and_si256(_mm256_set1_epi32(neg), bitsel), bitsel);
+                    __m256 signs = _mm256_castsi256_ps(_mm256_slli_epi32(m, 31));
+                    __m256 p = _mm256_add_ps(_mm256_xor_ps(_mm256_loadu_ps(pa), signs),
+                                             _mm256_set1_ps(sh));
+                    vacc = _mm256_fmadd_ps(p, _mm256_loadu_ps(zv), vacc);
+#else
+                    for (int i = 0; i < 8; ++i)
+                        acc += (((neg >> i) & 1) ? -pa[i] : pa[i]) * zv[i] + sh * zv[i];
+#endif
+                }
+            }
+#if defined(__AVX2__) && defined(__FMA__)
+            __m128 h = _mm_add_ps(_mm256_castps256_ps128(vacc), _mm256_extractf128_ps(vacc, 1));
+            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+            y[t * ys + r] = _mm_cvtss_f32(h);
+#else
+            y[t * ys + r] = acc;
+#endif
         }
     }
 }
@@ -312,6 +398,7 @@ _VP, _L, _I, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
 _SIGNATURES = {
     "code_matvec": [_L, _L, _I, _I, _I, _VP, _VP, _VP, _VP, _VP, _VP, _VP, _L],
     "code_unpack": [_L, _L, _I, _I, _VP, _VP, _VP, _VP, _VP, _VP, _VP],
+    "e8p_matvec": [_L, _L, _I, _I, _I, _VP, _VP, _VP, _VP, _VP, _VP, _VP, _VP, _L],
     "fwht": [_L, _I, _I, _VP, _F],
     "int8_matvec": [_L, _L, _I, _I, _VP, _VP, _VP, _VP, _L],
     "int4_matvec": [_L, _L, _I, _I, _VP, _VP, _VP, _VP, _VP, _VP, _L],

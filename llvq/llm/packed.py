@@ -31,6 +31,7 @@ export.
 
 from __future__ import annotations
 
+import functools
 import math
 from concurrent.futures import ThreadPoolExecutor
 
@@ -203,6 +204,15 @@ class _Float32Linear(nn.Module):
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
 
+@functools.cache
+def _e8p_tables() -> tuple[Tensor, Tensor]:
+    """E8P's 256 absolute patterns ``(256, 8)`` float32 and, per pattern, the parity bit of the
+    last sign (``(sum_i 2 a_i mod 4) / 2``, uint8), as the ``e8p_matvec`` kernel reads them."""
+    a = e8p.abs_patterns().float().contiguous()
+    odd = torch.round(2 * a).to(torch.int64)
+    return a, (torch.remainder(odd.sum(1), 4) // 2).to(torch.uint8).contiguous()
+
+
 class GLVQLinear(_Float32Linear):
     """A linear layer over packed GLVQ codes (see the module docstring).
 
@@ -306,10 +316,22 @@ class GLVQLinear(_Float32Linear):
         """``sum_g (c - o_g) . z`` per row and token (companding groups excluded), ``(T, out)``."""
         fns = kernels()
         t = z.shape[0]
-        if fns is None or t > MAX_TOKENS or self.code == "e8p":  # one unpack + matmul
+        if fns is None or t > MAX_TOKENS:  # one unpack + matmul
             return F.linear(z, self.code_matrix())
         z = z.contiguous()
         y = torch.empty(t, self.out_features)
+        if self.code == "e8p":  # digits -> the code's pattern, signs and shift
+            pat, par = _e8p_tables()
+
+            def run_e8p(r0: int, r1: int) -> None:
+                fns["e8p_matvec"](r0, r1, t, self.groups, self.group_size,
+                                  self.offsets.data_ptr(), self.skip.data_ptr(),
+                                  self.strides.data_ptr(), self.data.data_ptr(),
+                                  pat.data_ptr(), par.data_ptr(), z.data_ptr(), y.data_ptr(),
+                                  self.out_features)
+
+            _split_rows(run_e8p, self.out_features)
+            return y
         const = (z.view(t, self.groups, self.group_size).sum(2) * self.code_offset).sum(1)
 
         def run(r0: int, r1: int) -> None:

@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
+import tempfile
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -80,17 +84,32 @@ class CalibrationWalk:
     block's outputs (after its layers were quantized), so block ``i + 1`` sees what the
     quantized blocks before it produce, as in GPTQ.
 
+    The hidden states of every calibration window are held between blocks: in memory, or with
+    ``offload`` in files under that directory (one per batch of windows, read back one at a
+    time), so the calibration set can be far larger than memory (``model.calib_offload``). The
+    Hessians are summed batch by batch either way, and the result is the same.
+
     Args:
         model: a causal LM (see :mod:`llvq.llm.models`); modified in place by its users.
         calib_tokens: ``(N, T)`` calibration windows.
         batch_size: calibration windows per forward pass.
         name: the model's name, for error messages.
+        offload: a directory for the hidden states (a fresh sub-directory is made in it and
+            removed when the walk is garbage-collected or the process exits); ``None``: memory.
     """
 
     def __init__(self, model: nn.Module, calib_tokens: Tensor, batch_size: int = 4,
-                 name: str = "model") -> None:
+                 name: str = "model", offload: str | Path | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"model.calib_batch_size must be >= 1, got {batch_size}")
+        self.offload: Path | None = None
+        if offload is not None:
+            root = Path(offload).expanduser()
+            if root.exists() and not root.is_dir():
+                raise ValueError(f"model.calib_offload={str(offload)!r} is a file, not a directory")
+            root.mkdir(parents=True, exist_ok=True)
+            self.offload = Path(tempfile.mkdtemp(prefix="llvq-calib-", dir=root))
+            weakref.finalize(self, shutil.rmtree, self.offload, ignore_errors=True)
         self.model = model
         self.blocks = decoder_blocks(model)
         self.layers = [block_linears(b) for b in self.blocks]
@@ -98,7 +117,33 @@ class CalibrationWalk:
             raise ValueError(f"model '{name}' has no linear layers to quantize")
         self.batch_size = batch_size
         self.calib_tokens = calib_tokens
-        self.chunks: list[Chunk] = []
+        self.chunks: list[Chunk | Path] = []  # with offload: the files
+
+    # -- where the hidden states live ----------------------------------------------------------
+    def _put(self, j: int, chunk: Chunk) -> None:
+        """Keep chunk ``j`` (in memory, or written to its file)."""
+        kept: Chunk | Path = chunk
+        if self.offload is not None:
+            kept = self.offload / f"chunk_{j:06d}.pt"
+            torch.save({"hidden": chunk.hidden.cpu(), "kwargs": chunk.kwargs}, kept)
+        if j == len(self.chunks):
+            self.chunks.append(kept)
+        else:
+            self.chunks[j] = kept
+
+    def _get(self, j: int) -> Chunk:
+        """Chunk ``j`` with its tensors on the model's device."""
+        chunk = self.chunks[j]
+        if isinstance(chunk, Chunk):
+            return chunk
+        # our own file, written by _put in this process (kwargs hold non-tensor objects)
+        state = torch.load(chunk, map_location=self._device(), weights_only=False)
+        return Chunk(state["hidden"], state["kwargs"])
+
+    def iter_chunks(self) -> Iterator[tuple[int, Chunk]]:
+        """``(j, chunk)`` for every stored batch of windows, loaded one at a time."""
+        for j in range(len(self.chunks)):
+            yield j, self._get(j)
 
     # -- calibration activations ---------------------------------------------------------------
     def _my_windows(self) -> Tensor:
@@ -122,7 +167,7 @@ class CalibrationWalk:
                 try:
                     self.model(input_ids=batch.to(self._device()), use_cache=False)
                 except _Stop as stop:
-                    self.chunks.append(stop.args[0])
+                    self._put(len(self.chunks), stop.args[0])
         finally:
             handle.remove()
 
@@ -133,8 +178,8 @@ class CalibrationWalk:
     def run_block(self, i: int) -> None:
         """Replace the stored hidden states by the outputs of block ``i``."""
         block = self.blocks[i]
-        for c in self.chunks:
-            c.hidden = _block_output(block(c.hidden, **c.kwargs))
+        for j, c in self.iter_chunks():
+            self._put(j, Chunk(_block_output(block(c.hidden, **c.kwargs)), c.kwargs))
 
     @torch.no_grad()
     def hessians(self, i: int, abs_means: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
@@ -165,7 +210,7 @@ class CalibrationWalk:
             handles.append(m.register_forward_hook(hook))
         try:
             block = self.blocks[i]
-            for c in self.chunks:
+            for _, c in self.iter_chunks():
                 block(c.hidden, **c.kwargs)
         finally:
             for h in handles:
@@ -193,14 +238,16 @@ class BlockwisePTQ(CalibrationWalk):
         salience: salience-driven allocation (False: equal widths; the paper's ablation).
         batch_size: calibration windows per forward pass.
         name: the model's name, for error messages.
+        offload: keep the calibration hidden states in files under this directory
+            (:class:`CalibrationWalk`).
     """
 
     def __init__(self, model: nn.Module, calib_tokens: Tensor, bits: float,
                  settings: GLVQSettings, salience: bool = True, batch_size: int = 4,
-                 name: str = "model") -> None:
+                 name: str = "model", offload: str | Path | None = None) -> None:
         if not isinstance(bits, int | float) or bits < 1:
             raise ValueError(f"model.bits must be >= 1 bit per weight, got {bits!r}")
-        super().__init__(model, calib_tokens, batch_size, name)
+        super().__init__(model, calib_tokens, batch_size, name, offload)
         for i, lin in enumerate(self.layers):  # fail before any work, naming the layer
             for n, m in lin.items():
                 check_shapes(m.out_features, m.in_features, settings.group_size,
@@ -303,7 +350,8 @@ class BlockwisePTQ(CalibrationWalk):
 @torch.no_grad()
 def quantize_with_baseline(model: nn.Module, calib_tokens: Tensor, baseline: Any,
                            batch_size: int = 4, name: str = "model",
-                           progress: bool = False) -> dict[str, float]:
+                           progress: bool = False,
+                           offload: str | Path | None = None) -> dict[str, float]:
     """Quantize every linear layer of the decoder blocks with an LLM baseline, block by block.
 
     A calibrated baseline (``calibrated = True``, e.g. GPTQ) gets each layer's ``H`` from the
@@ -312,7 +360,8 @@ def quantize_with_baseline(model: nn.Module, calib_tokens: Tensor, baseline: Any
     as keyword arguments what its ``inputs`` tuple names: ``abs_mean`` (the mean ``|x_j|`` per
     input column) and ``name`` (the layer's name, ``layers.<block>.<module path>``, as
     :class:`BlockwisePTQ` names it); AWQ asks for both. Any other baseline is
-    called on the weight alone. Weights are written in place.
+    called on the weight alone. Weights are written in place. ``offload``: as
+    :class:`CalibrationWalk`'s.
 
     Returns:
         ``{"bits_per_weight": ..., per-weight figures of the baseline's extra counts,
@@ -323,7 +372,7 @@ def quantize_with_baseline(model: nn.Module, calib_tokens: Tensor, baseline: Any
     if unknown:
         raise ValueError(f"{type(baseline).__name__}.inputs asks for {sorted(unknown)}; "
                          f"quantize_with_baseline provides 'abs_mean' and 'name'")
-    walk = CalibrationWalk(model, calib_tokens, batch_size, name)
+    walk = CalibrationWalk(model, calib_tokens, batch_size, name, offload)
     calibrated = bool(getattr(baseline, "calibrated", False))
     if calibrated:
         walk.capture_inputs()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -240,6 +241,8 @@ class TuneSettings:
         scales: also tune the scales each quantized layer stores (GLVQ's float16 row and
             group scales; :func:`llvq.llm.tune.scale_tuning`), written back in float16: the
             codes and the rate still do not change.
+        codebook: also tune GLVQ's codebooks, each group's float16 generator and µ, with the
+            codes fixed (implies ``scales``; GLVQ only), written back in float16.
     """
 
     steps: int = 0
@@ -248,6 +251,7 @@ class TuneSettings:
     seq_len: int = 256
     seed: int = 0
     scales: bool = False
+    codebook: bool = False
 
     def __post_init__(self) -> None:
         _int("model.tune.steps", self.steps, 0)
@@ -256,6 +260,7 @@ class TuneSettings:
         _int("model.tune.seq_len", self.seq_len, 2)
         _int("model.tune.seed", self.seed, 0)
         _bool("model.tune.scales", self.scales)
+        _bool("model.tune.codebook", self.codebook)
 
 
 @dataclass
@@ -269,6 +274,9 @@ class PTQConfig:
         salience: salience-driven bit allocation (off: equal widths, the ablation).
         glvq: the per-layer optimisation (:class:`GLVQSettings`).
         calib_batch_size: calibration windows per forward pass.
+        calib_offload: a directory where the calibration hidden states are kept between blocks
+            (one file per batch of windows) instead of memory, for calibration sets larger than
+            memory; ``None`` (default): in memory.
         eval: the final evaluation (:class:`EvalSettings`).
         tune: tuning of the remaining float parameters after the last block
             (:class:`TuneSettings`; off by default).
@@ -281,6 +289,7 @@ class PTQConfig:
     salience: bool = True
     glvq: GLVQSettings = field(default_factory=GLVQSettings)
     calib_batch_size: int = 4
+    calib_offload: str | None = None
     eval: EvalSettings = field(default_factory=EvalSettings)
     tune: TuneSettings = field(default_factory=TuneSettings)
     export_dir: str | None = None
@@ -302,6 +311,11 @@ class PTQConfig:
                              f"{self.bits:g}")
         _bool("model.salience", self.salience)
         _int("model.calib_batch_size", self.calib_batch_size, 1)
+        if self.calib_offload is not None:
+            if not isinstance(self.calib_offload, str | Path) or not str(self.calib_offload):
+                raise ValueError(f"model.calib_offload must be a directory path or null, got "
+                                 f"{self.calib_offload!r}")
+            self.calib_offload = str(self.calib_offload)
         _int("model.seed", self.seed, 0)
         if self.export_dir is not None:
             self.export_dir = str(self.export_dir)

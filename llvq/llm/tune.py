@@ -11,7 +11,10 @@ and no bit count. The windows are drawn from a seeded generator, so a run repeat
 :func:`scale_tuning` adds the scales a quantized layer stores to what is tuned, its codes kept:
 for GLVQ the float16 row scale of each output row and the float16 scale of each group (both
 multiply the decoded weight, in the rotated coordinates under incoherence processing, so the
-layer runs as ``U^T diag(a) W diag(b) V x`` while tuning); for a baseline with a scale per row
+layer runs as ``U^T diag(a) W diag(b) V x`` while tuning); with ``codebook=True`` also GLVQ's
+codebooks, each group's float16 generator ``G`` (as ``G0 (I + A)``, ``A`` from 0) and µ, the
+weight decoded from the fixed codes on every step, as AQLM and QuIP# fine-tune their
+codebooks with the codes fixed; for a baseline with a scale per row
 and group (RTN, GPTQ without act-order) that scale; for the ``e8p`` baseline (QuIP#'s codes)
 its float16 row scales, in the rotated coordinates as GLVQ's. The tuned scales are written back
 in their stored precision, so the rate does not change.
@@ -30,11 +33,19 @@ from torch import Tensor, nn
 
 from llvq.llm.e8p import E8PLayer
 from llvq.llm.eval import _logits
-from llvq.llm.groups import SIDE_DTYPE, LayerResult, dequantize, model_weight
+from llvq.llm.groups import SIDE_DTYPE, LayerResult, dequantize, model_weight, ungroup_weight
 from llvq.llm.incoherence import unrotate
 from llvq.llm.packed import _Rotation
 from llvq.llm.settings import TuneSettings
 from llvq.progress import track
+from llvq.quantizers.glvq import (
+    MU_MAX,
+    MU_MIN,
+    GLVQState,
+    GroupedLatticeQuantizer,
+    logit_to_mu,
+    mu_to_logit,
+)
 
 __all__ = ["scale_tuning", "tunable_parameters", "tune_float_parameters"]
 
@@ -76,13 +87,17 @@ class _RotatedScales(nn.Module):
         self.rot_in = _Rotation(self.w.shape[1], seed + 1) if seed is not None else None
         self.rot_out = _Rotation(self.w.shape[0], seed) if seed is not None else None
 
+    def weight(self) -> Tensor:
+        """``W`` in the rotated coordinates, before the tuned factors."""
+        return self.w
+
     def forward(self, x: Tensor) -> Tensor:
         t = x.reshape(-1, x.shape[-1]).float()
         if self.rot_in is not None:
             t = self.rot_in(t)
         if self.col is not None:
             t = t * self.col.repeat_interleave(self.group_size)
-        y = F.linear(t, self.w)
+        y = F.linear(t, self.weight())
         if self.row is not None:
             y = y * self.row
         if self.rot_out is not None:
@@ -110,6 +125,56 @@ class _GLVQScales(_RotatedScales):
         r.weight = dequantize(r.codes, r.generator, r.mu, r.scale, r.row_scale, r.bits,
                               r.compand, r.weight.shape[0], self.group_size, r.code)
         self.linear.weight.copy_(model_weight(r).to(self.linear.weight))
+
+
+class _GLVQCodebook(_GLVQScales):
+    """GLVQ with its codebooks tuned too: per group ``G = G0 (I + A)`` and µ (where the group
+    compands), the weight decoded from the fixed codes on every forward pass."""
+
+    def __init__(self, linear: nn.Linear, res: LayerResult, group_size: int) -> None:
+        super().__init__(linear, res, group_size)
+        del self.w  # decoded from the codes instead
+        groups, _, d = res.codes.shape
+        # the code's arithmetic only (every call gets a state); not a submodule, so none of its
+        # parameters is found by tunable_parameters
+        object.__setattr__(self, "q", GroupedLatticeQuantizer(d, groups=groups, learnable=False,
+                                                              code=res.code))
+        mu = logit_to_mu(mu_to_logit(res.mu.float().clamp(MU_MIN, MU_MAX)))
+        self.register_buffer("g0", res.generator.float())
+        self.register_buffer("bits", res.bits.to(torch.int64).flatten())
+        self.register_buffer("compand", res.compand.to(torch.bool).flatten())
+        self.register_buffer("side_scale", res.scale.float().flatten())
+        self.register_buffer("stored_row", None if res.row_scale is None else res.row_scale.float())
+        eye = GLVQState(generator=torch.eye(d).expand(groups, d, d), mu=mu, scale=self.side_scale,
+                        bits=self.bits, compand=self.compand)
+        k = res.codes.float() - self.q.code_offset(eye)
+        self.register_buffer("unit_points", self.q.points(k, eye))  # (k + 1/2), or E8P's point
+        self.delta = _factor(groups, d, d)
+        with torch.no_grad():
+            self.delta.zero_()
+        self.mu_logit = nn.Parameter(mu_to_logit(mu))
+        self.mu_logit.llvq_tunable = True
+        self.out_features = res.weight.shape[0]
+
+    def generator(self) -> Tensor:
+        return self.g0 + self.g0 @ self.delta
+
+    def weight(self) -> Tensor:
+        st = GLVQState(generator=self.generator(), mu=logit_to_mu(self.mu_logit),
+                       scale=self.side_scale, bits=self.bits, compand=self.compand)
+        w = ungroup_weight(self.q.inverse_transform(self.unit_points @ st.generator, st),
+                           self.out_features, self.group_size)
+        return w * self.stored_row[:, None] if self.stored_row is not None else w
+
+    @torch.no_grad()
+    def commit(self) -> None:
+        """Round the tuned generators and µ to float16, then the scales as
+        :class:`_GLVQScales` does (which re-dequantizes from the stored values)."""
+        r = self.res
+        r.generator = self.generator().to(SIDE_DTYPE)
+        tuned_mu = logit_to_mu(self.mu_logit).to(r.mu.device)
+        r.mu = torch.where(self.compand.to(r.mu.device), tuned_mu, r.mu.float()).to(SIDE_DTYPE)
+        super().commit()
 
 
 class _E8PScales(_RotatedScales):
@@ -166,13 +231,17 @@ def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
     raise ValueError("scale tuning: a layer to tune is not inside the model")
 
 
-def _swap(linear: nn.Linear, result: object, group_size: int) -> nn.Module:
+def _swap(linear: nn.Linear, result: object, group_size: int, codebook: bool = False) -> nn.Module:
     """The tuning module of one layer, by what its quantizer left (``None``: a scale per row and
     group on the layer's own weight)."""
+    if codebook and not isinstance(result, LayerResult):
+        raise ValueError(f"codebook tuning (model.tune.codebook) needs GLVQ layers; this layer "
+                         f"was quantized by {'a scale-per-group baseline' if result is None else type(result).__name__}, "
+                         f"which has no codebook to tune")
     if result is None:
         return _GroupScales(linear, group_size)
     if isinstance(result, LayerResult):
-        return _GLVQScales(linear, result, group_size)
+        return (_GLVQCodebook if codebook else _GLVQScales)(linear, result, group_size)
     if isinstance(result, E8PLayer):
         return _E8PScales(linear, result)
     raise TypeError(f"scale tuning: no scales to tune in a {type(result).__name__}")
@@ -180,7 +249,8 @@ def _swap(linear: nn.Linear, result: object, group_size: int) -> nn.Module:
 
 @contextmanager
 def scale_tuning(model: nn.Module, linears: dict[str, nn.Linear], group_size: int,
-                 results: dict[str, LayerResult] | None = None) -> Iterator[None]:
+                 results: dict[str, LayerResult] | None = None,
+                 codebook: bool = False) -> Iterator[None]:
     """Tune the stored scales of ``linears`` too while the block runs (see the module doc).
 
     Inside the block each layer of ``linears`` is replaced by a module whose scale factors are
@@ -197,10 +267,11 @@ def scale_tuning(model: nn.Module, linears: dict[str, nn.Linear], group_size: in
             :class:`llvq.llm.e8p.E8PLayer` (its row scales); ``None`` for a baseline whose
             weight is a scale per row and group times an integer grid (RTN, GPTQ without
             act-order).
+        codebook: tune GLVQ's generators and µ too (GLVQ results only).
     """
     if results is not None and set(results) != set(linears):
         raise ValueError("scale tuning: the layers and their quantization results do not match")
-    swaps = {n: _swap(lin, None if results is None else results[n], group_size)
+    swaps = {n: _swap(lin, None if results is None else results[n], group_size, codebook)
              for n, lin in linears.items()}
     device = next(model.parameters()).device
     for n, lin in linears.items():

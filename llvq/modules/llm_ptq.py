@@ -77,6 +77,8 @@ class LLMPTQModule(StepJob):
         salience: salience-driven bit allocation (off: equal widths).
         glvq: the per-layer optimisation (:class:`~llvq.llm.settings.GLVQSettings`).
         calib_batch_size: calibration windows per forward pass.
+        calib_offload: keep the calibration hidden states in files under this directory
+            instead of memory (``None``: memory).
         eval: the final evaluation (:class:`~llvq.llm.settings.EvalSettings`).
         tune: tuning of the float parameters left after the last block
             (:class:`~llvq.llm.settings.TuneSettings`; ``steps=0``: off).
@@ -92,12 +94,13 @@ class LLMPTQModule(StepJob):
                  salience: bool = True, glvq: GLVQSettings | dict | None = None,
                  calib_batch_size: int = 4, eval: EvalSettings | dict | None = None,
                  tune: TuneSettings | dict | None = None, export_dir: str | None = None,
-                 seed: int = 0, config: PTQConfig | None = None) -> None:
+                 seed: int = 0, config: PTQConfig | None = None,
+                 calib_offload: str | None = None) -> None:
         super().__init__()
         if config is None:
             config = PTQConfig(lm=lm, bits=bits, salience=salience, glvq=glvq,
-                               calib_batch_size=calib_batch_size, eval=eval, tune=tune,
-                               export_dir=export_dir, seed=seed)
+                               calib_batch_size=calib_batch_size, calib_offload=calib_offload,
+                               eval=eval, tune=tune, export_dir=export_dir, seed=seed)
         elif not isinstance(config, PTQConfig):
             raise TypeError(f"config must be a PTQConfig, got {type(config).__name__}")
         self.config = config
@@ -137,7 +140,8 @@ class LLMPTQModule(StepJob):
         model = self.lm
         calib = self.text.calibration_tokens(self.tokenizer)
         self.ptq = BlockwisePTQ(model, calib, cfg.bits, cfg.glvq, salience=cfg.salience,
-                                batch_size=cfg.calib_batch_size, name=cfg.lm.name)
+                                batch_size=cfg.calib_batch_size, name=cfg.lm.name,
+                                offload=cfg.calib_offload)
         self._fp_weights = ({k: m.weight.detach().clone() for k, m in
                              quantizable_linears(model).items()} if cfg.eval.baselines else {})
 
@@ -251,7 +255,8 @@ class LLMPTQModule(StepJob):
         teacher, _ = load_causal_lm(spec.name, spec.gguf_file, spec.dtype, seed=self.config.seed)
         teacher.to(next(self.lm.parameters()).device)
         scales = (scale_tuning(self.lm, self.ptq.named_layers(), self.settings.group_size,
-                               self.ptq.results) if tune.scales else contextlib.nullcontext())
+                               self.ptq.results, codebook=tune.codebook)
+                  if tune.scales or tune.codebook else contextlib.nullcontext())
         with scales:
             losses = tune_float_parameters(self.lm, teacher, self.ptq.calib_tokens, tune,
                                            progress=self.trainer.is_global_zero)
@@ -276,7 +281,8 @@ class LLMPTQModule(StepJob):
                     for k, m in linears.items():
                         m.weight.copy_(self._fp_weights[k])
                 info = quantize_with_baseline(self.lm, self.ptq.calib_tokens, baseline,
-                                              self.config.calib_batch_size, self.config.lm.name)
+                                              self.config.calib_batch_size, self.config.lm.name,
+                                              offload=self.config.calib_offload)
             else:
                 info = apply_baseline(linears, baseline, self._fp_weights)
             out[f"final/ppl_{name}"] = self._perplexity(f"{name} {bits}-bit")["ppl"]

@@ -220,15 +220,16 @@ def _tiny_cfg(compose_cfg, *extra: str):
                        "model.glvq.max_outer=3", "model.text.eval_tokens=512", *extra)
 
 
-@pytest.mark.parametrize("incoherence", [False, True])
+@pytest.mark.parametrize("case", ["plain", "incoherence+tune", "codebook+offload"])
 def test_resume_after_an_interrupted_block_gives_the_same_result(compose_cfg, tmp_path: Path,
-                                                                  incoherence: bool) -> None:
-    opt = f"model.glvq.incoherence={incoherence}"
+                                                                  case: str) -> None:
+    incoherence = case != "plain"
+    opt = [f"model.glvq.incoherence={incoherence}"]
     if incoherence:  # and tuning (norms and scales) after the last block: re-run after a
         # resume, the same
-        opt = [opt, "model.tune.steps=4", "model.tune.seq_len=64", "model.tune.scales=true"]
-    else:
-        opt = [opt]
+        opt += ["model.tune.steps=4", "model.tune.seq_len=64", "model.tune.scales=true"]
+    if case == "codebook+offload":  # the generators and µ too; hidden states in files
+        opt += ["model.tune.codebook=true", f"model.calib_offload={tmp_path / 'offload'}"]
     full = _tiny_cfg(compose_cfg, *opt, f"model.export_dir={tmp_path / 'full'}")
     run(full)
     crash = _tiny_cfg(compose_cfg, *opt, "callbacks.resume_checkpoint.every_n_steps=1",
@@ -315,3 +316,47 @@ def test_ddp_cpu_shares_out_work_and_matches_one_process(feedback: bool, tmp_pat
         assert abs(ddp["layers"][name]["error"] - layer["error"]) < 0.1 * layer["error"], name
     loaded, _ = load_quantized(exports["ddp"])  # rank 0's export is whole and consistent
     assert sum(p.numel() for p in loaded.parameters()) > 0
+
+
+def test_offloaded_calibration_states_give_the_same_model(tmp_path) -> None:
+    """model.calib_offload: hidden states in files between blocks, the same codes as in memory;
+    the files are gone when the walk is."""
+    import gc
+
+    from llvq.llm.baselines import LLM_BASELINES
+    from llvq.llm.ptq import quantize_with_baseline
+
+    pytest.importorskip("transformers")
+    ref, _, ref_ptq = _quantized_tiny(2)
+    model, _ = load_causal_lm("tiny-llama", seed=0)
+    ptq = BlockwisePTQ(model, _calib(), 2, TINY, batch_size=2, offload=tmp_path / "calib")
+    ptq.capture_inputs()
+    files = sorted(ptq.offload.iterdir())
+    assert len(files) == 2 and all(isinstance(c, Path) for c in ptq.chunks)  # 4 windows / 2
+    for i in range(len(ptq.blocks)):
+        list(ptq.quantize_block(i))
+    assert set(ptq.results) == set(ref_ptq.results)
+    for n, r in ptq.results.items():
+        assert torch.equal(r.codes, ref_ptq.results[n].codes)
+        assert torch.equal(r.weight, ref_ptq.results[n].weight)
+    where = ptq.offload
+    del ptq
+    gc.collect()
+    assert not where.exists() and (tmp_path / "calib").is_dir()
+    # a calibrated baseline walks the same way
+    outs = []
+    for offload in (None, tmp_path / "gptq"):
+        m, _ = load_causal_lm("tiny-llama", seed=0)
+        quantize_with_baseline(m, _calib(), LLM_BASELINES.build("gptq", bits=3, group_size=64),
+                               batch_size=2, offload=offload)
+        outs.append({k: v.clone() for k, v in m.state_dict().items()})
+    assert all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])
+    del ref
+
+
+def test_offload_must_be_a_directory(tmp_path) -> None:
+    pytest.importorskip("transformers")
+    model, _ = load_causal_lm("tiny-llama", seed=0)
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match="model.calib_offload"):
+        BlockwisePTQ(model, _calib(), 2, TINY, offload=tmp_path / "f")

@@ -30,6 +30,8 @@ def test_config_from_nested_mappings_round_trips() -> None:
     ({"bits": 0.5}, "model.bits"),
     ({"bits": True}, "model.bits"),
     ({"calib_batch_size": 0}, "model.calib_batch_size"),
+    ({"calib_offload": 3}, "model.calib_offload"),
+    ({"calib_offload": ""}, "model.calib_offload"),
     ({"eval": {"batch_size": 0}}, "model.eval.batch_size"),
     ({"eval": {"baselines": ["nope"]}}, "unknown LLM baseline 'nope'"),
     ({"lm": {"name": ""}}, "model.lm.name"),

@@ -63,24 +63,30 @@ def test_bad_input_names_the_setting() -> None:
 @pytest.mark.parametrize(("tune", "match"), [
     ({"steps": -1}, "model.tune.steps"), ({"lr": 0}, "model.tune.lr"),
     ({"seq_len": 1}, "model.tune.seq_len"), ({"stesp": 3}, r"model\.tune\.stesp"),
+    ({"codebook": "yes"}, "model.tune.codebook"),
 ])
 def test_bad_tune_settings(tune, match) -> None:
     with pytest.raises((ValueError, TypeError), match=match):
         PTQConfig(tune=tune)
 
 
+def _tuning_case(settings):
+    """A quantized tiny Llama, its teacher, held-out text with the logits and KL before tuning."""
+    model, _, ptq = _quantized_tiny(2, settings)
+    teacher, _ = load_causal_lm("tiny-llama", seed=0)
+    held_out = _calib(4, 64, seed=9)
+    with torch.no_grad():
+        logits = model(held_out).logits
+    return model, ptq, teacher, held_out, logits, _kl(model, teacher, held_out)
+
+
 @pytest.mark.parametrize("incoherence", [False, True])
 def test_scale_tuning_moves_only_the_stored_scales(incoherence: bool) -> None:
     pytest.importorskip("transformers")
     settings = replace(TINY, row_scale=True, incoherence=incoherence)
-    model, _, ptq = _quantized_tiny(2, settings)
-    teacher, _ = load_causal_lm("tiny-llama", seed=0)
-    held_out = _calib(4, 64, seed=9)
+    model, ptq, teacher, held_out, logits, kl0 = _tuning_case(settings)
     before = {n: (r.codes.clone(), r.scale.clone(), r.row_scale.clone(), layer_storage_bits(r))
               for n, r in ptq.results.items()}
-    with torch.no_grad():
-        logits = model(held_out).logits
-    kl0 = _kl(model, teacher, held_out)
     layers = ptq.named_layers()
     s = TuneSettings(steps=30, lr=5e-3, batch_size=2, seq_len=32)
     with scale_tuning(model, layers, settings.group_size, ptq.results):
@@ -102,6 +108,48 @@ def test_scale_tuning_moves_only_the_stored_scales(incoherence: bool) -> None:
         assert torch.equal(r.weight, stored)  # the model is what the stored scales give
         assert torch.equal(layers[n].weight, model_weight(r))
     assert moved > len(ptq.results)
+
+
+@pytest.mark.parametrize(("incoherence", "code"), [(False, "box"), (True, "box"), (True, "e8p")])
+def test_codebook_tuning_moves_generators_and_mu_not_codes(incoherence: bool, code: str) -> None:
+    pytest.importorskip("transformers")
+    settings = replace(TINY, row_scale=True, incoherence=incoherence, code=code,
+                       lattice_dim=8 if code == "e8p" else TINY.lattice_dim)
+    model, ptq, teacher, held_out, logits, kl0 = _tuning_case(settings)
+    before = {n: (r.codes.clone(), r.generator.clone(), r.mu.clone(), layer_storage_bits(r))
+              for n, r in ptq.results.items()}
+    layers = ptq.named_layers()
+    s = TuneSettings(steps=30, lr=5e-3, batch_size=2, seq_len=32)
+    with scale_tuning(model, layers, settings.group_size, ptq.results, codebook=True):
+        tuned = tunable_parameters(model)
+        assert sum(n.endswith(".delta") for n in tuned) == len(layers)
+        assert sum(n.endswith(".mu_logit") for n in tuned) == len(layers)
+        with torch.no_grad():  # the decoded weights start as the quantized model's
+            torch.testing.assert_close(model(held_out).logits, logits, atol=1e-4, rtol=1e-4)
+        tune_float_parameters(model, teacher, _calib(8, 64), s, progress=False)
+    assert set(quantizable_linears(model).values()) == set(layers.values())  # put back
+    assert _kl(model, teacher, held_out) < kl0
+    moved = 0
+    for n, r in ptq.results.items():
+        codes, generator, mu, bits = before[n]
+        assert torch.equal(r.codes, codes) and layer_storage_bits(r) == bits
+        assert r.generator.dtype == generator.dtype == torch.float16
+        assert r.mu.dtype == mu.dtype
+        assert torch.equal(r.mu[~r.compand], mu[~r.compand])  # µ of groups that do not compand
+        moved += int(not torch.equal(r.generator, generator))
+        stored = dequantize(r.codes, r.generator, r.mu, r.scale, r.row_scale, r.bits, r.compand,
+                            r.weight.shape[0], settings.group_size, r.code)
+        assert torch.equal(r.weight, stored)  # the model is what the stored values give
+        assert torch.equal(layers[n].weight, model_weight(r))
+    assert moved == len(ptq.results)
+
+
+def test_codebook_tuning_needs_glvq_layers() -> None:
+    lin = torch.nn.Linear(64, 8)
+    model = torch.nn.Sequential(lin)
+    with pytest.raises(ValueError, match="model.tune.codebook"), \
+            scale_tuning(model, {"0": lin}, 32, codebook=True):
+        pass
 
 
 def test_group_scale_tuning_for_a_baseline() -> None:
