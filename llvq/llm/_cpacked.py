@@ -35,6 +35,9 @@ MAX_TOKENS = 8  # up to this many tokens the matvec kernel; more: unpack once + 
 _SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
+#if defined(__BMI2__)
+#include <immintrin.h>
+#endif
 
 /* Layout (see llvq.llm.packed.pack_rows): the codes of one row of one group are split into bit
    planes of widths w in {8, 4, 2, 1} (the binary digits of b, low planes first); a plane of
@@ -162,7 +165,11 @@ void code_matvec(long r0, long r1, int T, int M, int gs, const int32_t *bits, co
    y[t, r] = sum_g sum_v point . z[t, g * gs + 8 v ...]; pat (256 x 8 floats) stays in L1. */
 static inline int e8p_digits(uint64_t w, int k) {
     /* the low 2 bits of field k of 8 consecutive bytes, byte c -> bits 2c, 2c + 1 */
-    w = (w >> (2 * k)) & 0x0303030303030303ULL;
+    w = w >> (2 * k);
+#if defined(__BMI2__)
+    return (int)_pext_u64(w, 0x0303030303030303ULL);
+#endif
+    w &= 0x0303030303030303ULL;
     return (int)((w & 3) | ((w >> 6) & 0xC) | ((w >> 12) & 0x30) | ((w >> 18) & 0xC0)
                  | ((w >> 24) & 0x300) | ((w >> 30) & 0xC00) | ((w >> 36) & 0x3000)
                  | ((w >> 42) & 0xC000));
@@ -210,7 +217,7 @@ void e8p_matvec(long r0, long r1, int T, int M, int gs, const int64_t *off, cons
                     }
                     int a = c >> 8, neg = (c >> 1) & 127;
                     neg |= ((par[a] ^ __builtin_popcount(neg)) & 1) << 7;
-                    float sh = (c & 1) ? -0.25f : 0.25f;
+                    float sh = 0.25f - 0.5f * (float)(c & 1);  /* branch-free */
                     const float *pa = pat + 8 * a, *zv = zg + 8 * v;
 #if defined(__AVX2__) && defined(__FMA__)
                     __m256i m = _mm256_cmpeq_epi32(
