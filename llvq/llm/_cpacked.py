@@ -168,11 +168,12 @@ static inline int e8p_digits(uint64_t w, int k) {
     w = w >> (2 * k);
 #if defined(__BMI2__)
     return (int)_pext_u64(w, 0x0303030303030303ULL);
-#endif
+#else
     w &= 0x0303030303030303ULL;
     return (int)((w & 3) | ((w >> 6) & 0xC) | ((w >> 12) & 0x30) | ((w >> 18) & 0xC0)
                  | ((w >> 24) & 0x300) | ((w >> 30) & 0xC00) | ((w >> 36) & 0x3000)
                  | ((w >> 42) & 0xC000));
+#endif
 }
 
 static inline int e8p_code(const uint8_t *seg, int nb, int v) {

@@ -165,6 +165,12 @@ def side_bits(out_features: int, groups: int, d: int, compand_groups: int, row_s
             + (out_features * SIDE_BITS if row_scale else 0))
 
 
+def held_mu(mu: Tensor) -> Tensor:
+    """µ (float32) as the quantizer holds it: clamped to ``[MU_MIN, MU_MAX]`` and passed through
+    its logit parametrisation."""
+    return logit_to_mu(mu_to_logit(mu.float().clamp(MU_MIN, MU_MAX)))
+
+
 def round_side(generator: Tensor, mu: Tensor) -> tuple[Tensor, Tensor]:
     """``G`` and ``µ`` as they are stored (float16), back in float32 for coding.
 
@@ -172,8 +178,7 @@ def round_side(generator: Tensor, mu: Tensor) -> tuple[Tensor, Tensor]:
     the final weights is the one :func:`dequantize` recovers from the stored float16 value.
     """
     g = generator.to(SIDE_DTYPE).float()
-    mu = logit_to_mu(mu_to_logit(mu.to(SIDE_DTYPE).float().clamp(MU_MIN, MU_MAX)))
-    return g, mu
+    return g, held_mu(mu.to(SIDE_DTYPE))
 
 
 def dequantize(codes: Tensor, generator: Tensor, mu: Tensor, scale: Tensor,
@@ -183,8 +188,7 @@ def dequantize(codes: Tensor, generator: Tensor, mu: Tensor, scale: Tensor,
     m, _, d = codes.shape
     q = GroupedLatticeQuantizer(d, groups=m, learnable=False, code=code)
     with torch.no_grad():
-        mu_held = logit_to_mu(mu_to_logit(mu.float().clamp(MU_MIN, MU_MAX)))
-        g, mu_eff = round_side(generator.float(), mu_held)
+        g, mu_eff = round_side(generator.float(), held_mu(mu))
         state = GLVQState(generator=g, mu=mu_eff, scale=scale.float().flatten(),
                           bits=torch.as_tensor(bits).to(torch.int64).flatten(),
                           compand=torch.as_tensor(compand, dtype=torch.bool).flatten())

@@ -42,16 +42,9 @@ from torch import Tensor, nn
 
 from llvq.lattices import e8p
 from llvq.llm._cpacked import MAX_TOKENS, kernels
-from llvq.llm.groups import LayerResult, round_side
+from llvq.llm.groups import LayerResult, held_mu, round_side
 from llvq.llm.incoherence import hadamard, rotation_factors
-from llvq.quantizers.glvq import (
-    MU_MAX,
-    MU_MIN,
-    GLVQState,
-    GroupedLatticeQuantizer,
-    logit_to_mu,
-    mu_to_logit,
-)
+from llvq.quantizers.glvq import GLVQState, GroupedLatticeQuantizer
 
 __all__ = ["GLVQLinear", "Int4Embedding", "Int4Linear", "Int8Embedding", "Int8Linear", "int4_blocks",
            "int4_dequantize", "int8_rows", "pack_rows", "planes",
@@ -271,8 +264,7 @@ class GLVQLinear(_Float32Linear):
         in_features = m * group_size
         bits_l = [int(b) for b in torch.as_tensor(bits).flatten().tolist()]
         mask = torch.as_tensor(compand, dtype=torch.bool).flatten()
-        mu_held = logit_to_mu(mu_to_logit(mu.float().clamp(MU_MIN, MU_MAX)))
-        g, mu_eff = round_side(generator.float(), mu_held)
+        g, mu_eff = round_side(generator.float(), held_mu(mu))
         s = scale.float().flatten()
         grouped = codes.reshape(m, out_features, group_size)
         dense = [i for i in range(m) if bool(mask[i])]

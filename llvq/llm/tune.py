@@ -33,19 +33,19 @@ from torch import Tensor, nn
 
 from llvq.llm.e8p import E8PLayer
 from llvq.llm.eval import _logits
-from llvq.llm.groups import SIDE_DTYPE, LayerResult, dequantize, model_weight, ungroup_weight
+from llvq.llm.groups import (
+    SIDE_DTYPE,
+    LayerResult,
+    dequantize,
+    held_mu,
+    model_weight,
+    ungroup_weight,
+)
 from llvq.llm.incoherence import unrotate
 from llvq.llm.packed import _Rotation
 from llvq.llm.settings import TuneSettings
 from llvq.progress import track
-from llvq.quantizers.glvq import (
-    MU_MAX,
-    MU_MIN,
-    GLVQState,
-    GroupedLatticeQuantizer,
-    logit_to_mu,
-    mu_to_logit,
-)
+from llvq.quantizers.glvq import GLVQState, GroupedLatticeQuantizer, logit_to_mu, mu_to_logit
 
 __all__ = ["scale_tuning", "tunable_parameters", "tune_float_parameters"]
 
@@ -63,8 +63,8 @@ def tunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
             and id(p) not in skip}
 
 
-def _factor(*shape: int) -> nn.Parameter:
-    p = nn.Parameter(torch.ones(*shape))
+def _factor(*shape: int, start: float = 1.0) -> nn.Parameter:
+    p = nn.Parameter(torch.full(shape, start))
     p.llvq_tunable = True  # picked up by tunable_parameters whatever its shape
     return p
 
@@ -139,7 +139,7 @@ class _GLVQCodebook(_GLVQScales):
         # parameters is found by tunable_parameters
         object.__setattr__(self, "q", GroupedLatticeQuantizer(d, groups=groups, learnable=False,
                                                               code=res.code))
-        mu = logit_to_mu(mu_to_logit(res.mu.float().clamp(MU_MIN, MU_MAX)))
+        mu = held_mu(res.mu)
         self.register_buffer("g0", res.generator.float())
         self.register_buffer("bits", res.bits.to(torch.int64).flatten())
         self.register_buffer("compand", res.compand.to(torch.bool).flatten())
@@ -149,9 +149,7 @@ class _GLVQCodebook(_GLVQScales):
                         bits=self.bits, compand=self.compand)
         k = res.codes.float() - self.q.code_offset(eye)
         self.register_buffer("unit_points", self.q.points(k, eye))  # (k + 1/2), or E8P's point
-        self.delta = _factor(groups, d, d)
-        with torch.no_grad():
-            self.delta.zero_()
+        self.delta = _factor(groups, d, d, start=0.0)
         self.mu_logit = nn.Parameter(mu_to_logit(mu))
         self.mu_logit.llvq_tunable = True
         self.out_features = res.weight.shape[0]
