@@ -291,7 +291,15 @@ def main() -> None:
         help="Python of the GPTQModel environment (gptqmodel-* rows)")
     ap.add_argument("--replot", action="store_true",
                     help="only draw bench/results/<name>.png from the --merge files")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's own). Perplexities depend on it by "
+                         "float summation order (E8P untuned: 27.95 with 1, 26.35 with 2), so "
+                         "rows are compared at equal threads (`torch_threads` in the JSON)")
     args = ap.parse_args()
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     show_progress()
     if args.replot:
         rows = merge_rows([], args.merge)

@@ -9,8 +9,10 @@ bits, stored row by row in bit planes (the layout is in the C source and in
 over the groups not flagged ``skip``; ``code_unpack`` writes ``code - offset[g]`` as float32 into
 an ``(out, M * gs)`` matrix (for many tokens at once, where a matrix product wins);
 ``e8p_matvec`` is ``code_matvec`` for E8P groups (each vector's 8 base-4 digits are its 16-bit
-code, decoded from the 256 absolute patterns, the sign bits and the shift, so the pattern table
-stays in the L1 cache).
+code, decoded from its absolute pattern, sign bits and shift through two small tables that
+stay in the L1 cache; each vector is decoded once for all ``T <= MAX_TOKENS`` tokens).
+``hrot`` applies an incoherence rotation from its factors and ``group_transform`` the
+per-group ``d x d`` transforms, so that a packed layer on one token is a few C calls.
 ``int8_matvec`` multiplies rows of int8 with one scale each (an embedding table stored in int8
 and used as the output head, :class:`llvq.llm.packed.Int8Linear`) by up to ``MAX_TOKENS``
 vectors, ``int4_matvec`` the same for rows of 4-bit codes in blocks of 32 with a float16 scale
@@ -28,9 +30,10 @@ import threading
 
 from llvq.lattices._ckernel import load_library, load_once
 
-__all__ = ["MAX_TOKENS", "kernels"]
+__all__ = ["HROT_MAX_M", "MAX_TOKENS", "kernels"]
 
 MAX_TOKENS = 8  # up to this many tokens the matvec kernel; more: unpack once + a matrix product
+HROT_MAX_M = 64  # the widest odd factor m of a rotation `hrot` takes (n = 2^k m)
 
 _SOURCE = r"""
 #include <stdint.h>
@@ -162,7 +165,11 @@ void code_matvec(long r0, long r1, int T, int M, int gs, const int32_t *bits, co
    c = abs * 256 + neg7 * 2 + shift (llvq.lattices.e8p): the point is s * pat[abs] + (shift ? -1/4
    : 1/4) with s_i = -1 where bit i of neg7 is set (i < 7) and s_7 set by the parity rule,
    negative iff par[abs] (= (sum_i 2 pat[abs]_i mod 4) / 2) differs from popcount(neg7) mod 2.
-   y[t, r] = sum_g sum_v point . z[t, g * gs + 8 v ...]; pat (256 x 8 floats) stays in L1. */
+   The tables fold that rule in: patp = pat with lane 7 negated where par[abs], and for the low
+   byte l = neg7 * 2 + shift, lo[l] = {the float sign bits of the 8 lanes (lane 7: popcount(neg7)
+   mod 2), then 8 x (shift ? -1/4 : 1/4)}; so point = (patp[abs] ^ lo[l][0:8]) + lo[l][8:16],
+   two loads from 24 KB that stay in L1.
+   y[t, r] = sum_g sum_v point . z[t, g * gs + 8 v ...]. */
 static inline int e8p_digits(uint64_t w, int k) {
     /* the low 2 bits of field k of 8 consecutive bytes, byte c -> bits 2c, 2c + 1 */
     w = w >> (2 * k);
@@ -185,63 +192,114 @@ static inline int e8p_code(const uint8_t *seg, int nb, int v) {
     return idx;
 }
 
+/* code of vector v of a row segment; with 8 | nb, v = k * per + jj is bytes 8 jj ... 8 jj + 7,
+   field k (per = nb / 8), otherwise the general gather */
+static inline int e8p_code_at(const uint8_t *seg, int nb, int per, int v) {
+    if (!per) return e8p_code(seg, nb, v);
+    int k = 0, jj = v;
+    while (jj >= per) { jj -= per; ++k; }  /* k < 4: no division */
+    uint64_t w;
+    memcpy(&w, seg + 8 * jj, 8);
+    return e8p_digits(w, k);
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+static inline __m256 e8p_point(int c, const float *patp, const float *lo) {
+    const float *l = lo + 16 * (c & 255);
+    const __m256 p = _mm256_xor_ps(_mm256_loadu_ps(patp + 8 * (c >> 8)), _mm256_loadu_ps(l));
+    return _mm256_add_ps(p, _mm256_loadu_ps(l + 8));
+}
+static inline float hsum8(__m256 v) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+    return _mm_cvtss_f32(h);
+}
+#define E8P_FMA(c, zz, acc) acc = _mm256_fmadd_ps(e8p_point((c), patp, lo), (zz), acc)
+#else
+static inline void e8p_point(int c, const float *patp, const float *lo, float *p) {
+    const float *pa = patp + 8 * (c >> 8), *l = lo + 16 * (c & 255);
+    for (int i = 0; i < 8; ++i) {
+        uint32_t u, m;
+        memcpy(&u, pa + i, 4);
+        memcpy(&m, l + i, 4);
+        u ^= m;
+        memcpy(p + i, &u, 4);
+        p[i] += l[8 + i];
+    }
+}
+#endif
+
 void e8p_matvec(long r0, long r1, int T, int M, int gs, const int64_t *off, const int32_t *skip,
-                const int64_t *stride, const uint8_t *bytes, const float *pat, const uint8_t *par,
+                const int64_t *stride, const uint8_t *bytes, const float *patp, const float *lo,
                 const float *z, float *y, long ys) {
     const long zs = (long)M * gs;
-    const int nb = gs / 4, nv = gs / 8;
-    for (long r = r0; r < r1; ++r) {
-        for (int t = 0; t < T; ++t) {
-            const float *zt = z + t * zs;
+    const int nb = gs / 4, nv = gs / 8, per = nb % 8 == 0 ? nb / 8 : 0;
+    long r = r0;
 #if defined(__AVX2__) && defined(__FMA__)
-            __m256 vacc = _mm256_setzero_ps();
-            const __m256i bitsel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-#else
-            float acc = 0.0f;
-#endif
+    if (T == 1 && per) {  /* one token: two rows at a time (the z loads shared), the 4 vectors
+                             of each 8-byte word on 4 accumulators per row */
+        for (; r + 2 <= r1; r += 2) {
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
             for (int g = 0; g < M; ++g) {
                 if (skip[g]) continue;
-                const uint8_t *seg = bytes + off[g] + r * stride[g];
-                const float *zg = zt + (long)g * gs;
-                /* with 8 | nb, vector v = k * (nb / 8) + jj is bytes 8 jj ... 8 jj + 7, field k */
-                const int per = nb % 8 == 0 ? nb / 8 : 0;
-                for (int v = 0; v < nv; ++v) {
-                    int c;
-                    if (per) {
-                        int k = 0, jj = v;
-                        while (jj >= per) { jj -= per; ++k; }  /* k < 4: no division */
-                        uint64_t w;
-                        memcpy(&w, seg + 8 * jj, 8);
-                        c = e8p_digits(w, k);
-                    } else {
-                        c = e8p_code(seg, nb, v);
-                    }
-                    int a = c >> 8, neg = (c >> 1) & 127;
-                    neg |= ((par[a] ^ __builtin_popcount(neg)) & 1) << 7;
-                    float sh = 0.25f - 0.5f * (float)(c & 1);  /* branch-free */
-                    const float *pa = pat + 8 * a, *zv = zg + 8 * v;
-#if defined(__AVX2__) && defined(__FMA__)
-                    __m256i m = _mm256_cmpeq_epi32(
-                        _mm256_and_si256(_mm256_set1_epi32(neg), bitsel), bitsel);
-                    __m256 signs = _mm256_castsi256_ps(_mm256_slli_epi32(m, 31));
-                    __m256 p = _mm256_add_ps(_mm256_xor_ps(_mm256_loadu_ps(pa), signs),
-                                             _mm256_set1_ps(sh));
-                    vacc = _mm256_fmadd_ps(p, _mm256_loadu_ps(zv), vacc);
-#else
-                    for (int i = 0; i < 8; ++i)
-                        acc += (((neg >> i) & 1) ? -pa[i] : pa[i]) * zv[i] + sh * zv[i];
-#endif
+                const uint8_t *sa = bytes + off[g] + r * stride[g], *sb = sa + stride[g];
+                const float *zg = z + (long)g * gs;
+                for (int jj = 0; jj < per; ++jj) {
+                    uint64_t wa, wb;
+                    memcpy(&wa, sa + 8 * jj, 8);
+                    memcpy(&wb, sb + 8 * jj, 8);
+                    const float *zv = zg + 8 * jj;
+                    const __m256 z0 = _mm256_loadu_ps(zv), z1 = _mm256_loadu_ps(zv + 8 * per);
+                    const __m256 z2 = _mm256_loadu_ps(zv + 16 * per);
+                    const __m256 z3 = _mm256_loadu_ps(zv + 24 * per);
+                    E8P_FMA(e8p_digits(wa, 0), z0, a0);
+                    E8P_FMA(e8p_digits(wb, 0), z0, b0);
+                    E8P_FMA(e8p_digits(wa, 1), z1, a1);
+                    E8P_FMA(e8p_digits(wb, 1), z1, b1);
+                    E8P_FMA(e8p_digits(wa, 2), z2, a2);
+                    E8P_FMA(e8p_digits(wb, 2), z2, b2);
+                    E8P_FMA(e8p_digits(wa, 3), z3, a3);
+                    E8P_FMA(e8p_digits(wb, 3), z3, b3);
                 }
             }
-#if defined(__AVX2__) && defined(__FMA__)
-            __m128 h = _mm_add_ps(_mm256_castps256_ps128(vacc), _mm256_extractf128_ps(vacc, 1));
-            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-            y[t * ys + r] = _mm_cvtss_f32(h);
-#else
-            y[t * ys + r] = acc;
-#endif
+            y[r] = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+            y[r + 1] = hsum8(_mm256_add_ps(_mm256_add_ps(b0, b1), _mm256_add_ps(b2, b3)));
         }
+    }
+#endif
+    for (; r < r1; ++r) {  /* each vector decoded once for all T <= 8 tokens */
+#if defined(__AVX2__) && defined(__FMA__)
+        __m256 acc[8];
+        for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+#else
+        float acc[8];
+        for (int t = 0; t < T; ++t) acc[t] = 0.0f;
+#endif
+        for (int g = 0; g < M; ++g) {
+            if (skip[g]) continue;
+            const uint8_t *seg = bytes + off[g] + r * stride[g];
+            for (int v = 0; v < nv; ++v) {
+                const int c = e8p_code_at(seg, nb, per, v);
+                const float *zv = z + (long)g * gs + 8 * v;
+#if defined(__AVX2__) && defined(__FMA__)
+                const __m256 p = e8p_point(c, patp, lo);
+                for (int t = 0; t < T; ++t)
+                    acc[t] = _mm256_fmadd_ps(p, _mm256_loadu_ps(zv + t * zs), acc[t]);
+#else
+                float p[8];
+                e8p_point(c, patp, lo, p);
+                for (int t = 0; t < T; ++t)
+                    for (int i = 0; i < 8; ++i) acc[t] += p[i] * zv[t * zs + i];
+#endif
+            }
+        }
+#if defined(__AVX2__) && defined(__FMA__)
+        for (int t = 0; t < T; ++t) y[t * ys + r] = hsum8(acc[t]);
+#else
+        for (int t = 0; t < T; ++t) y[t * ys + r] = acc[t];
+#endif
     }
 }
 
@@ -276,7 +334,35 @@ void code_unpack(long r0, long r1, int M, int gs, const int32_t *bits, const int
    tokens t < T <= 8: rows of int8 with one scale each (an embedding table used as the head). */
 void int8_matvec(long r0, long r1, int T, int n, const int8_t *w, const float *scale,
                  const float *x, float *y, long ys) {
-    for (long r = r0; r < r1; ++r) {
+    long r = r0;
+#if defined(__AVX2__) && defined(__FMA__)
+    if (T == 1) {  /* one token: four rows at a time, four independent accumulator chains */
+        for (; r + 4 <= r1; r += 4) {
+            const int8_t *row = w + r * n;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            int j = 0;
+            for (; j + 8 <= n; j += 8) {
+                const __m256 xv = _mm256_loadu_ps(x + j);
+#define I8(q) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(row + (long)(q) * n + j))))
+                a0 = _mm256_fmadd_ps(I8(0), xv, a0);
+                a1 = _mm256_fmadd_ps(I8(1), xv, a1);
+                a2 = _mm256_fmadd_ps(I8(2), xv, a2);
+                a3 = _mm256_fmadd_ps(I8(3), xv, a3);
+#undef I8
+            }
+            __m256 acc[4] = {a0, a1, a2, a3};
+            for (int q = 0; q < 4; ++q) {
+                __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[q]), _mm256_extractf128_ps(acc[q], 1));
+                h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+                h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+                float s = _mm_cvtss_f32(h);
+                for (int i = j; i < n; ++i) s += (float)row[(long)q * n + i] * x[i];
+                y[r + q] = s * scale[r + q];
+            }
+        }
+    }
+#endif
+    for (; r < r1; ++r) {
         const int8_t *row = w + r * n;
         float sum[8];
 #if defined(__AVX2__) && defined(__FMA__)
@@ -398,6 +484,62 @@ void fwht(long count, int n, int m, float *x, float norm) {
         for (long k = 0; k < (long)n * m; ++k) a[k] *= norm;
     }
 }
+
+/* Incoherence rotation of T rows of width n = p * m (llvq.llm.incoherence.rotation_factors):
+   forward (transpose = 0): y = vec(H_p X Q^T), X the (p, m) row-major view of signs * x;
+   transpose: y = signs * vec(H_p Y Q), Y the view of pre * x (pre: per-entry factors, or NULL).
+   H_p is normalized (norm = 1 / sqrt(p)); q is (m, m) row-major (ignored when m = 1);
+   m <= HROT_MAX_M (the caller checks: HROT_MAX_M in Python). */
+#define HROT_MAX_M 64
+void hrot(long T, int p, int m, const float *signs, const float *q, const float *pre,
+          const float *x, float *y, int transpose, float norm) {
+    const long n = (long)p * m;
+    float buf[HROT_MAX_M];  /* one row of the product with Q */
+    for (long t = 0; t < T; ++t) {
+        const float *xt = x + t * n;
+        float *yt = y + t * n;
+        if (!transpose) {
+            for (long i = 0; i < n; ++i) yt[i] = xt[i] * signs[i];
+            fwht(1, p, m, yt, norm);
+        } else {
+            for (long i = 0; i < n; ++i) yt[i] = pre ? xt[i] * pre[i] : xt[i];
+        }
+        if (m > 1) {  /* row i of the view times Q^T (forward) or Q (transpose) */
+            for (int i = 0; i < p; ++i) {
+                float *row = yt + (long)i * m;
+                for (int j = 0; j < m; ++j) {
+                    float acc = 0.0f;
+                    for (int k = 0; k < m; ++k)
+                        acc += row[k] * (transpose ? q[k * m + j] : q[j * m + k]);
+                    buf[j] = acc;
+                }
+                memcpy(row, buf, sizeof(float) * m);
+            }
+        }
+        if (transpose) {
+            fwht(1, p, m, yt, norm);
+            for (long i = 0; i < n; ++i) yt[i] *= signs[i];
+        }
+    }
+}
+
+/* z[t, g, j, :] = x[t, g, j, :] @ tr[g] for T rows of M groups of nv vectors of width d
+   (tr: (M, d, d) row-major, the transforms s_g G_g^T of a packed GLVQ layer). */
+void group_transform(long T, int M, int nv, int d, const float *tr, const float *x, float *z) {
+    const long width = (long)M * nv * d;
+    for (long t = 0; t < T; ++t)
+        for (int g = 0; g < M; ++g) {
+            const float *a = tr + (long)g * d * d;
+            for (int j = 0; j < nv; ++j) {
+                const long o = t * width + ((long)g * nv + j) * d;
+                for (int c = 0; c < d; ++c) z[o + c] = 0.0f;
+                for (int k = 0; k < d; ++k) {
+                    const float v = x[o + k];
+                    for (int c = 0; c < d; ++c) z[o + c] += v * a[k * d + c];
+                }
+            }
+        }
+}
 """
 _FLAGS = (["-O3", "-march=native"], ["-O3"])
 _KERNELS: list = []
@@ -408,6 +550,8 @@ _SIGNATURES = {
     "code_unpack": [_L, _L, _I, _I, _VP, _VP, _VP, _VP, _VP, _VP, _VP],
     "e8p_matvec": [_L, _L, _I, _I, _I, _VP, _VP, _VP, _VP, _VP, _VP, _VP, _VP, _L],
     "fwht": [_L, _I, _I, _VP, _F],
+    "hrot": [_L, _I, _I, _VP, _VP, _VP, _VP, _VP, _I, _F],
+    "group_transform": [_L, _I, _I, _I, _VP, _VP, _VP],
     "int8_matvec": [_L, _L, _I, _I, _VP, _VP, _VP, _VP, _L],
     "int4_matvec": [_L, _L, _I, _I, _VP, _VP, _VP, _VP, _VP, _VP, _L],
 }

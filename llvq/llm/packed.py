@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llvq.lattices import e8p
-from llvq.llm._cpacked import MAX_TOKENS, kernels
+from llvq.llm._cpacked import HROT_MAX_M, MAX_TOKENS, kernels
 from llvq.llm.groups import LayerResult, held_mu, round_side
 from llvq.llm.incoherence import hadamard, rotation_factors
 from llvq.quantizers.glvq import GLVQState, GroupedLatticeQuantizer
@@ -73,7 +73,13 @@ def _split_rows(run, rows: int) -> None:
         return
     n = pool._max_workers
     bounds = [rows * i // n for i in range(n + 1)]
-    list(pool.map(run, bounds[:-1], bounds[1:]))
+    # the first part here, the others on the pool: one hand-off fewer, no idle caller
+    parts = [pool.submit(run, bounds[i], bounds[i + 1]) for i in range(1, n)]
+    try:
+        run(bounds[0], bounds[1])
+    finally:  # never return (or raise) while a part still writes into the output
+        for part in parts:
+            part.result()
 
 
 def planes(bits: int) -> list[tuple[int, int]]:
@@ -145,6 +151,15 @@ def unpack_rows(data: Tensor, offsets: Tensor, bits: list[int], out: int, gs: in
     return torch.stack(res) if res else torch.zeros(0, out, gs, dtype=torch.int64)
 
 
+def _native(x: Tensor) -> dict | None:
+    """The C kernels if they may compute on ``x`` (float32 on the CPU, no gradient wanted: they
+    work outside autograd), else ``None`` (the torch path)."""
+    if x.dtype != torch.float32 or x.device.type != "cpu" \
+            or (x.requires_grad and torch.is_grad_enabled()):
+        return None
+    return kernels()
+
+
 class _Rotation(nn.Module):
     """``x -> T x`` (or ``T^T x``) for the randomized Hadamard transform of ``(n, seed)``."""
 
@@ -153,16 +168,15 @@ class _Rotation(nn.Module):
         p, q, signs = rotation_factors(n, seed)
         self.n, self.p = n, p
         self.m = n // p
-        self.register_buffer("signs", signs.float())
-        self.register_buffer("q", (q if q is not None else torch.ones(1, 1)).float())
+        self.register_buffer("signs", signs.float().contiguous())
+        # contiguous: the C kernel reads it row-major (a QR factor comes column-major)
+        self.register_buffer("q", (q if q is not None else torch.ones(1, 1)).float().contiguous())
         self.h: Tensor | None = None  # H_p for the torch path, built on first use
 
     def _hadamard(self, x: Tensor) -> Tensor:
         """``H_p`` along dim 1 of ``x`` ``(T, p, m)`` (normalized)."""
-        fns = kernels()
-        # the C kernel works in place, outside autograd: only where no gradient is wanted
-        if fns is not None and x.dtype == torch.float32 and self.p > 1 \
-                and not (x.requires_grad and torch.is_grad_enabled()):
+        fns = _native(x)
+        if fns is not None and self.p > 1:  # in place
             x = x.contiguous()
             fns["fwht"](x.shape[0], self.p, self.m, x.data_ptr(), 1.0 / math.sqrt(self.p))
             return x
@@ -171,8 +185,19 @@ class _Rotation(nn.Module):
         t, p, m = x.shape  # one (p, p) @ (p, T m) product, not T small ones re-reading H_p
         return (self.h @ x.transpose(0, 1).reshape(p, t * m)).reshape(p, t, m).transpose(0, 1)
 
-    def forward(self, x: Tensor, transpose: bool = False) -> Tensor:
+    def forward(self, x: Tensor, transpose: bool = False, pre: Tensor | None = None) -> Tensor:
+        """``T x`` of each row of ``x`` ``(t, n)``, or ``T^T (pre * x)`` with ``transpose``."""
         t = x.shape[0]
+        fns = _native(x)
+        if fns is not None and self.m <= HROT_MAX_M:  # one C call
+            x = x.contiguous()
+            y = torch.empty_like(x)
+            fns["hrot"](t, self.p, self.m, self.signs.data_ptr(), self.q.data_ptr(),
+                        None if pre is None else pre.data_ptr(), x.data_ptr(), y.data_ptr(),
+                        int(transpose), 1.0 / math.sqrt(self.p))
+            return y
+        if pre is not None:
+            x = x * pre
         if not transpose:  # T x = vec(H X Q^T), X = view(s * x)
             y = self._hadamard((x * self.signs).view(t, self.p, self.m))
             return (y @ self.q.T).reshape(t, self.n) if self.m > 1 else y.reshape(t, self.n)
@@ -199,11 +224,26 @@ class _Float32Linear(nn.Module):
 
 @functools.cache
 def _e8p_tables() -> tuple[Tensor, Tensor]:
-    """E8P's 256 absolute patterns ``(256, 8)`` float32 and, per pattern, the parity bit of the
-    last sign (``(sum_i 2 a_i mod 4) / 2``, uint8), as the ``e8p_matvec`` kernel reads them."""
-    a = e8p.abs_patterns().float().contiguous()
-    odd = torch.round(2 * a).to(torch.int64)
-    return a, (torch.remainder(odd.sum(1), 4) // 2).to(torch.uint8).contiguous()
+    """The tables the ``e8p_matvec`` kernel decodes a code ``c = abs * 256 + low`` with (``low
+    = neg7 * 2 + shift``): ``point = (patp[abs] ^ lo[low, :8]) + lo[low, 8:]`` (``^`` on the
+    float bits).
+
+    * ``patp`` ``(256, 8)`` float32: E8P's absolute patterns, lane 7 negated where the pattern's
+      parity bit (``(sum_i 2 a_i mod 4) / 2``) is set;
+    * ``lo`` ``(256, 16)`` float32: the float sign bit of lane ``i < 7`` where bit ``i`` of
+      ``neg7`` is set, of lane 7 where ``neg7`` has an odd number of bits (with ``patp``'s lane
+      7, E8P's parity rule for the last sign), then 8 times ``+1/4`` (``shift = 0``) or ``-1/4``.
+    """
+    a = e8p.abs_patterns().float()
+    parity = torch.remainder(torch.round(2 * a).to(torch.int64).sum(1), 4) // 2
+    patp = a.clone()
+    patp[parity.bool(), 7] *= -1
+    low = torch.arange(256)
+    bits = ((low[:, None] >> 1) >> torch.arange(7)) & 1
+    lanes = torch.cat([bits, bits.sum(1, keepdim=True) & 1], 1)
+    signs = (lanes * -(2**31)).to(torch.int32).view(torch.float32)  # -2^31: the sign bit alone
+    shift = (0.25 - 0.5 * (low & 1).float())[:, None].expand(256, 8)
+    return patp.contiguous(), torch.cat([signs, shift], 1).contiguous()
 
 
 class GLVQLinear(_Float32Linear):
@@ -240,7 +280,7 @@ class GLVQLinear(_Float32Linear):
         self.register_buffer("skip", skip)
         offset = torch.tensor([2.0 ** (b - 1) - 0.5 if code == "box" else 0.0 for b in self.bits])
         self.register_buffer("code_offset", offset.masked_fill(skip.bool(), 0.0))
-        self.register_buffer("transforms", transforms.float())  # (M, d, d): s_g G_g^T
+        self.register_buffer("transforms", transforms.float().contiguous())  # (M, d, d): s_g G_g^T
         self.register_buffer("row_scale", None if row_scale is None else row_scale.float())
         cols = torch.cat([torch.arange(g * group_size, (g + 1) * group_size)
                           for g in self.dense_groups]) if self.dense_groups else torch.zeros(0, dtype=torch.int64)
@@ -301,25 +341,32 @@ class GLVQLinear(_Float32Linear):
     def _z(self, x: Tensor) -> Tensor:
         """``z_{gj} = s_g G_g x_{gj}`` for every vector, ``(T, in)``."""
         t, d = x.shape[0], self.lattice_dim
+        fns = _native(x)
+        if fns is not None:
+            x = x.contiguous()
+            z = torch.empty_like(x)
+            fns["group_transform"](t, self.groups, self.group_size // d, d,
+                                   self.transforms.data_ptr(), x.data_ptr(), z.data_ptr())
+            return z
         v = x.view(t, self.groups, self.group_size // d, d)
         return torch.matmul(v, self.transforms.unsqueeze(0)).reshape(t, self.in_features)
 
     def _codes_product(self, z: Tensor) -> Tensor:
         """``sum_g (c - o_g) . z`` per row and token (companding groups excluded), ``(T, out)``."""
-        fns = kernels()
+        fns = _native(z)
         t = z.shape[0]
         if fns is None or t > MAX_TOKENS:  # one unpack + matmul
             return F.linear(z, self.code_matrix())
         z = z.contiguous()
         y = torch.empty(t, self.out_features)
         if self.code == "e8p":  # digits -> the code's pattern, signs and shift
-            pat, par = _e8p_tables()
+            patp, lo = _e8p_tables()
 
             def run_e8p(r0: int, r1: int) -> None:
                 fns["e8p_matvec"](r0, r1, t, self.groups, self.group_size,
                                   self.offsets.data_ptr(), self.skip.data_ptr(),
                                   self.strides.data_ptr(), self.data.data_ptr(),
-                                  pat.data_ptr(), par.data_ptr(), z.data_ptr(), y.data_ptr(),
+                                  patp.data_ptr(), lo.data_ptr(), z.data_ptr(), y.data_ptr(),
                                   self.out_features)
 
             _split_rows(run_e8p, self.out_features)
@@ -339,7 +386,7 @@ class GLVQLinear(_Float32Linear):
     def code_matrix(self) -> Tensor:
         """``c - o_g`` (E8P: the points ``P[c]``) as a float32 ``(out, in)`` matrix (zero on
         companding groups)."""
-        fns = kernels()
+        fns = kernels() if self.data.device.type == "cpu" else None
         if fns is None:
             codes = unpack_rows(self.data, self.offsets, self.bits, self.out_features,
                                 self.group_size).float() - self.code_offset.view(-1, 1, 1)
@@ -369,12 +416,15 @@ class GLVQLinear(_Float32Linear):
         if self.rotation_seed is not None:
             x = self.rot_in(x)
         y = self._codes_product(self._z(x))
-        if self.row_scale is not None:
-            y = y * self.row_scale
+        scale = self.row_scale  # applied by the output rotation where there is one
         if self.dense_groups:
-            y = y + F.linear(x[:, self.dense_cols], self.dense_weight)
+            if scale is not None:
+                y = y * scale
+            y, scale = y + F.linear(x[:, self.dense_cols], self.dense_weight), None
         if self.rotation_seed is not None:
-            y = self.rot_out(y, transpose=True)
+            y = self.rot_out(y, transpose=True, pre=scale)
+        elif scale is not None:
+            y = y * scale
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
@@ -446,7 +496,7 @@ class _TableHead(_Float32Linear):
 
     def forward_float(self, x: Tensor) -> Tensor:
         """:meth:`forward` on a float32 ``(T, in)`` input."""
-        fns, t = kernels(), x.shape[0]
+        fns, t = _native(x), x.shape[0]
         if fns is not None and t <= MAX_TOKENS:
             x = x.contiguous()
             y = torch.empty(t, self.out_features)

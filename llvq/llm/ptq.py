@@ -85,8 +85,9 @@ class CalibrationWalk:
     quantized blocks before it produce, as in GPTQ.
 
     The hidden states of every calibration window are held between blocks: in memory, or with
-    ``offload`` in files under that directory (one per batch of windows, read back one at a
-    time), so the calibration set can be far larger than memory (``model.calib_offload``). The
+    ``offload`` in files under that directory (per batch of windows, one for the hidden states,
+    rewritten after every block, and one for the block's keyword arguments, written once; read
+    back one batch at a time), so the calibration set can be far larger than memory (``model.calib_offload``). The
     Hessians are summed batch by batch either way, and the result is the same.
 
     Args:
@@ -120,25 +121,34 @@ class CalibrationWalk:
         self.chunks: list[Chunk | Path] = []  # with offload: the files
 
     # -- where the hidden states live ----------------------------------------------------------
-    def _put(self, j: int, chunk: Chunk) -> None:
-        """Keep chunk ``j`` (in memory, or written to its file)."""
+    def _put(self, j: int, chunk: Chunk, same_kwargs: bool = False) -> None:
+        """Keep chunk ``j`` (in memory, or written to its files: the hidden states, and its
+        keyword arguments unless ``same_kwargs`` says they were written with it before)."""
         kept: Chunk | Path = chunk
         if self.offload is not None:
             kept = self.offload / f"chunk_{j:06d}.pt"
-            torch.save({"hidden": chunk.hidden.cpu(), "kwargs": chunk.kwargs}, kept)
+            torch.save(chunk.hidden.cpu(), kept)
+            if not same_kwargs:  # position embeddings, masks: the same for every block
+                torch.save(chunk.kwargs, self._kwargs_file(kept))
         if j == len(self.chunks):
             self.chunks.append(kept)
         else:
             self.chunks[j] = kept
+
+    @staticmethod
+    def _kwargs_file(hidden_file: Path) -> Path:
+        return hidden_file.with_name(hidden_file.name.replace("chunk_", "kwargs_"))
 
     def _get(self, j: int) -> Chunk:
         """Chunk ``j`` with its tensors on the model's device."""
         chunk = self.chunks[j]
         if isinstance(chunk, Chunk):
             return chunk
+        device = self._device()
+        hidden = torch.load(chunk, map_location=device, weights_only=True)
         # our own file, written by _put in this process (kwargs hold non-tensor objects)
-        state = torch.load(chunk, map_location=self._device(), weights_only=False)
-        return Chunk(state["hidden"], state["kwargs"])
+        kwargs = torch.load(self._kwargs_file(chunk), map_location=device, weights_only=False)
+        return Chunk(hidden, kwargs)
 
     def iter_chunks(self) -> Iterator[tuple[int, Chunk]]:
         """``(j, chunk)`` for every stored batch of windows, loaded one at a time."""
@@ -179,7 +189,8 @@ class CalibrationWalk:
         """Replace the stored hidden states by the outputs of block ``i``."""
         block = self.blocks[i]
         for j, c in self.iter_chunks():
-            self._put(j, Chunk(_block_output(block(c.hidden, **c.kwargs)), c.kwargs))
+            self._put(j, Chunk(_block_output(block(c.hidden, **c.kwargs)), c.kwargs),
+                      same_kwargs=True)
 
     @torch.no_grad()
     def hessians(self, i: int, abs_means: dict[str, Tensor] | None = None) -> dict[str, Tensor]:

@@ -254,11 +254,13 @@ def test_glvq_e8p_result_survives_the_resume_checkpoint() -> None:
 
 
 @pytest.mark.usefixtures("kernel")
-def test_packed_e8p_layer_equals_the_dequantized_weight() -> None:
+@pytest.mark.parametrize("tokens", [1, 5])
+@pytest.mark.parametrize("gs", [64, 48])  # 48: rows not in whole 8-byte words (the general gather)
+def test_packed_e8p_layer_equals_the_dequantized_weight(tokens: int, gs: int) -> None:
     from llvq.llm.packed import GLVQLinear
 
     g = torch.Generator().manual_seed(4)
-    m, out, gs = 3, 24, 64
+    m, out = 3, 25  # odd: the one-token kernel takes rows two at a time
     codes = torch.randint(0, 4, (m, out * gs // 8, 8), generator=g).to(torch.int16)
     gen = (torch.eye(8) + 0.1 * torch.randn(m, 8, 8, generator=g)).half()
     mu, scale = torch.full((m,), 30.0).half(), torch.rand(m, generator=g).half() + 0.5
@@ -268,5 +270,5 @@ def test_packed_e8p_layer_equals_the_dequantized_weight() -> None:
     w = dequantize(codes, gen, mu, scale, rows, bits, compand, out, gs, "e8p")
     layer = GLVQLinear.from_codes(codes, gen, mu, scale, rows, bits, compand, out, gs, code="e8p")
     torch.testing.assert_close(layer.dequantized_weight(), w, atol=1e-5, rtol=1e-5)
-    x = torch.randn(5, m * gs, generator=g)
+    x = torch.randn(tokens, m * gs, generator=g)
     torch.testing.assert_close(layer(x), x @ w.T, atol=1e-4, rtol=1e-4)

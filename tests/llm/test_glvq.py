@@ -331,10 +331,13 @@ def test_offloaded_calibration_states_give_the_same_model(tmp_path) -> None:
     model, _ = load_causal_lm("tiny-llama", seed=0)
     ptq = BlockwisePTQ(model, _calib(), 2, TINY, batch_size=2, offload=tmp_path / "calib")
     ptq.capture_inputs()
-    files = sorted(ptq.offload.iterdir())
-    assert len(files) == 2 and all(isinstance(c, Path) for c in ptq.chunks)  # 4 windows / 2
+    files = sorted(f.name for f in ptq.offload.iterdir())  # 4 windows / 2: hidden + kwargs each
+    assert files == ["chunk_000000.pt", "chunk_000001.pt", "kwargs_000000.pt", "kwargs_000001.pt"]
+    assert all(isinstance(c, Path) for c in ptq.chunks)
+    kwargs_written = {f: f.stat().st_mtime_ns for f in ptq.offload.glob("kwargs_*")}
     for i in range(len(ptq.blocks)):
         list(ptq.quantize_block(i))
+    assert {f: f.stat().st_mtime_ns for f in ptq.offload.glob("kwargs_*")} == kwargs_written
     assert set(ptq.results) == set(ref_ptq.results)
     for n, r in ptq.results.items():
         assert torch.equal(r.codes, ref_ptq.results[n].codes)
