@@ -53,14 +53,16 @@ static inline int plane_bytes(int gs, int w) { int per = 8 / w; return (gs + per
    and each of their 8 / W fields meets its eight consecutive z (AVX2 + FMA when available). */
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
+static inline float hsum8(__m256 v) {  /* the sum of the 8 lanes */
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+    return _mm_cvtss_f32(h);
+}
 typedef struct { __m256 a0, a1; float tail; } acc_t;
 static inline void acc_zero(acc_t *a) { a->a0 = _mm256_setzero_ps(); a->a1 = _mm256_setzero_ps(); a->tail = 0.0f; }
 static inline float acc_sum(const acc_t *acc) {
-    __m256 a = _mm256_add_ps(acc->a0, acc->a1);
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-    return _mm_cvtss_f32(h) + acc->tail;
+    return hsum8(_mm256_add_ps(acc->a0, acc->a1)) + acc->tail;
 }
 static inline void acc_add_scaled(acc_t *acc, const acc_t *p, float s) {
     const __m256 v = _mm256_set1_ps(s);
@@ -209,12 +211,6 @@ static inline __m256 e8p_point(int c, const float *patp, const float *lo) {
     const __m256 p = _mm256_xor_ps(_mm256_loadu_ps(patp + 8 * (c >> 8)), _mm256_loadu_ps(l));
     return _mm256_add_ps(p, _mm256_loadu_ps(l + 8));
 }
-static inline float hsum8(__m256 v) {
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-    return _mm_cvtss_f32(h);
-}
 #define E8P_FMA(c, zz, acc) acc = _mm256_fmadd_ps(e8p_point((c), patp, lo), (zz), acc)
 #else
 static inline void e8p_point(int c, const float *patp, const float *lo, float *p) {
@@ -350,12 +346,9 @@ void int8_matvec(long r0, long r1, int T, int n, const int8_t *w, const float *s
                 a3 = _mm256_fmadd_ps(I8(3), xv, a3);
 #undef I8
             }
-            __m256 acc[4] = {a0, a1, a2, a3};
+            const __m256 acc[4] = {a0, a1, a2, a3};
             for (int q = 0; q < 4; ++q) {
-                __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[q]), _mm256_extractf128_ps(acc[q], 1));
-                h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-                h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-                float s = _mm_cvtss_f32(h);
+                float s = hsum8(acc[q]);
                 for (int i = j; i < n; ++i) s += (float)row[(long)q * n + i] * x[i];
                 y[r + q] = s * scale[r + q];
             }
@@ -375,12 +368,7 @@ void int8_matvec(long r0, long r1, int T, int n, const int8_t *w, const float *s
             for (int t = 0; t < T; ++t)
                 acc[t] = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + (long)t * n + j), acc[t]);
         }
-        for (int t = 0; t < T; ++t) {
-            __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
-            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-            sum[t] = _mm_cvtss_f32(h);
-        }
+        for (int t = 0; t < T; ++t) sum[t] = hsum8(acc[t]);
 #else
         int j = 0;
         for (int t = 0; t < T; ++t) sum[t] = 0.0f;
@@ -456,12 +444,7 @@ void int4_matvec(long r0, long r1, int T, int n, const uint8_t *q, const uint16_
 #endif
         }
 #if defined(__AVX2__) && defined(__FMA__)
-        for (int t = 0; t < T; ++t) {
-            __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
-            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-            sum[t] = _mm_cvtss_f32(h);
-        }
+        for (int t = 0; t < T; ++t) sum[t] = hsum8(acc[t]);
 #endif
         for (int t = 0; t < T; ++t) y[t * ys + r] = sum[t] + lows[t];
     }

@@ -80,23 +80,32 @@ def _tuning_case(settings):
     return model, ptq, teacher, held_out, logits, _kl(model, teacher, held_out)
 
 
-@pytest.mark.parametrize("incoherence", [False, True])
-def test_scale_tuning_moves_only_the_stored_scales(incoherence: bool) -> None:
-    pytest.importorskip("transformers")
-    settings = replace(TINY, row_scale=True, incoherence=incoherence)
-    model, ptq, teacher, held_out, logits, kl0 = _tuning_case(settings)
-    before = {n: (r.codes.clone(), r.scale.clone(), r.row_scale.clone(), layer_storage_bits(r))
-              for n, r in ptq.results.items()}
+def _tune_checked(case, group_size: int, codebook: bool = False):
+    """Tune a :func:`_tuning_case` under :func:`scale_tuning`, checking that the tuning layers
+    start as the quantized model, are put back, and lower the KL; ``(layers, tuned names)``."""
+    model, ptq, teacher, held_out, logits, kl0 = case
     layers = ptq.named_layers()
     s = TuneSettings(steps=30, lr=5e-3, batch_size=2, seq_len=32)
-    with scale_tuning(model, layers, settings.group_size, ptq.results):
-        factors = [n for n in tunable_parameters(model) if n.endswith((".row", ".col"))]
-        assert len(factors) == 2 * len(layers)
-        with torch.no_grad():  # the tuning layers start as the quantized model, exactly
+    with scale_tuning(model, layers, group_size, ptq.results, codebook=codebook):
+        tuned = list(tunable_parameters(model))
+        with torch.no_grad():  # the tuning layers start as the quantized model
             torch.testing.assert_close(model(held_out).logits, logits, atol=1e-4, rtol=1e-4)
         tune_float_parameters(model, teacher, _calib(8, 64), s, progress=False)
     assert set(quantizable_linears(model).values()) == set(layers.values())  # put back
     assert _kl(model, teacher, held_out) < kl0
+    return layers, tuned
+
+
+@pytest.mark.parametrize("incoherence", [False, True])
+def test_scale_tuning_moves_only_the_stored_scales(incoherence: bool) -> None:
+    pytest.importorskip("transformers")
+    settings = replace(TINY, row_scale=True, incoherence=incoherence)
+    case = _tuning_case(settings)
+    ptq = case[1]
+    before = {n: (r.codes.clone(), r.scale.clone(), r.row_scale.clone(), layer_storage_bits(r))
+              for n, r in ptq.results.items()}
+    layers, tuned = _tune_checked(case, settings.group_size)
+    assert len([n for n in tuned if n.endswith((".row", ".col"))]) == 2 * len(layers)
     moved = 0
     for n, r in ptq.results.items():
         codes, scale, row, bits = before[n]
@@ -115,20 +124,13 @@ def test_codebook_tuning_moves_generators_and_mu_not_codes(incoherence: bool, co
     pytest.importorskip("transformers")
     settings = replace(TINY, row_scale=True, incoherence=incoherence, code=code,
                        lattice_dim=8 if code == "e8p" else TINY.lattice_dim)
-    model, ptq, teacher, held_out, logits, kl0 = _tuning_case(settings)
+    case = _tuning_case(settings)
+    ptq = case[1]
     before = {n: (r.codes.clone(), r.generator.clone(), r.mu.clone(), layer_storage_bits(r))
               for n, r in ptq.results.items()}
-    layers = ptq.named_layers()
-    s = TuneSettings(steps=30, lr=5e-3, batch_size=2, seq_len=32)
-    with scale_tuning(model, layers, settings.group_size, ptq.results, codebook=True):
-        tuned = tunable_parameters(model)
-        assert sum(n.endswith(".delta") for n in tuned) == len(layers)
-        assert sum(n.endswith(".mu_logit") for n in tuned) == len(layers)
-        with torch.no_grad():  # the decoded weights start as the quantized model's
-            torch.testing.assert_close(model(held_out).logits, logits, atol=1e-4, rtol=1e-4)
-        tune_float_parameters(model, teacher, _calib(8, 64), s, progress=False)
-    assert set(quantizable_linears(model).values()) == set(layers.values())  # put back
-    assert _kl(model, teacher, held_out) < kl0
+    layers, tuned = _tune_checked(case, settings.group_size, codebook=True)
+    assert sum(n.endswith(".delta") for n in tuned) == len(layers)
+    assert sum(n.endswith(".mu_logit") for n in tuned) == len(layers)
     moved = 0
     for n, r in ptq.results.items():
         codes, generator, mu, bits = before[n]
