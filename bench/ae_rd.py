@@ -15,6 +15,12 @@ the same batches. Draws MSE vs bits/vector (mean ± sd over seeds).
     python bench/ae_rd.py                                # the committed sweep, ~35 CPU-minutes
     python bench/ae_rd.py --steps 50 --seeds 0 --families vq vqp_fsq   # a quick look
     python bench/ae_rd.py --run myq:+model.quantizer.step=0.5         # any registered name
+    python bench/ae_rd.py --families --run "projected:++model.quantizer.bound=1.0@projected_bounded"
+    python bench/ae_rd.py --replot --name ae_rd_2000 --merge bench/results/ae_rd_2000steps*.json
+
+A ``--run`` item is ``NAME[:OVERRIDE,...][@FAMILY]``: commas inside brackets stay in the value
+(``levels=[8,5,5]``), and runs of one FAMILY (default NAME) make one curve. ``--merge`` draws
+result files of one protocol (the same ``--steps`` and ``--seeds``) in one plot.
 
 The peers come from `bench/vqp_plugin.py` (an llvq plugin, loaded with `--plugins`); when
 vector-quantize-pytorch is not installed the bench says which peers are missing and runs the
@@ -26,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import sys
 import time
@@ -224,7 +231,8 @@ def plot(summary: list[dict], path: Path, title: str) -> None:
                       and "paper" not in s["label"]), key=lambda s: s["bits_per_vector"])
         paper = [s for s in summary if family_of(s["label"]) == fam and "paper" in s["label"]]
         style = "--" if fam.startswith("vqp_") else "-"
-        marker = "s" if fam in LATTICE_FAMILIES else ("o" if fam.startswith("vqp_") else "^")
+        lattice = fam in LATTICE_FAMILIES or fam.startswith("projected")  # its --run variants
+        marker = "s" if lattice else ("o" if fam.startswith("vqp_") else "^")
         if pts:
             line = ax.errorbar([s["bits_per_vector"] for s in pts], [s["val_mse"] for s in pts],
                                xerr=[s["bits_per_vector_sd"] for s in pts],
@@ -246,34 +254,75 @@ def plot(summary: list[dict], path: Path, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def replot(name: str, merge: list[Path]) -> None:
+    """Redraw ``<name>.png`` from ``<name>.json``, or from ``merge`` (written to ``<name>.json``)."""
+    files = merge or [RESULTS / f"{name}.json"]
+    saved = [json.loads(f.read_text()) for f in files]
+    protocol = {(d["settings"]["steps"], tuple(d["settings"]["seeds"])) for d in saved}
+    if len(protocol) > 1:
+        raise SystemExit(f"--merge: the files ran different --steps / --seeds {sorted(protocol)}; "
+                         "only one protocol can share a plot")
+    (steps, seeds), = protocol
+    summary = [s for d in saved for s in d["summary"]]
+    labels = [s["label"] for s in summary]
+    if len(set(labels)) < len(labels):
+        raise SystemExit(f"--merge: a setting appears in two files: "
+                         f"{sorted({x for x in labels if labels.count(x) > 1})}")
+    if merge:
+        write_result(name, {"merged_from": [str(f) for f in files],
+                            "settings": {"steps": steps, "seeds": list(seeds)},
+                            "summary": summary, "runs": [r for d in saved for r in d["runs"]],
+                            "machines": [d["machine"] for d in saved]})
+    png = RESULTS / f"{name}.png"
+    plot(summary, png, f"photos, D=64, {steps} steps, seeds {list(seeds)} (mean ± sd)")
+    print(f"wrote {png}")
+
+
 def parse_run(item: str) -> tuple[str, str, list[str]]:
+    """``NAME[:OVERRIDE,...][@FAMILY]`` -> ``(label, NAME, overrides)``; the label starts with
+    FAMILY (default NAME), which names its curve in the plot."""
+    item, _, family = item.partition("@")
     name, _, rest = item.partition(":")
-    overrides = [o for o in rest.split(",") if o]
-    return (f"{name} {' '.join(o.split('.')[-1] for o in overrides)}".strip(), name, overrides)
+    # split on commas outside brackets: "vqp_fsq:++model.quantizer.levels=[8,5,5],..."
+    overrides = [o for o in re.split(r",(?![^\[]*\])", rest) if o]
+    # label each override by its last key and value: "model.quantizer.bound=1.5" -> "bound=1.5"
+    short = [f"{k.split('.')[-1]}={v}" if sep else o
+             for o in overrides for k, sep, v in [o.lstrip("+~").partition("=")]]
+    return (f"{family or name} {' '.join(short)}".strip(), name, overrides)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--families", nargs="+", default=list(SWEEP), choices=list(SWEEP))
-    parser.add_argument("--run", nargs="+", default=[], metavar="NAME[:OVERRIDE,...]",
-                        help="extra runs: any registered quantizer with Hydra overrides")
+    parser.add_argument("--families", nargs="*", default=list(SWEEP), choices=list(SWEEP),
+                        help="families of the committed sweep to run (none: only --run)")
+    parser.add_argument("--run", nargs="+", default=[], metavar="NAME[:OVERRIDE,...][@FAMILY]",
+                        help="extra runs: any registered quantizer with Hydra overrides; runs "
+                             "with the same FAMILY (default NAME) make one curve")
     parser.add_argument("--plugins", nargs="+", default=["vqp_plugin"], metavar="MODULE")
-    parser.add_argument("--overhead-steps", type=int, default=40)
+    parser.add_argument("--overhead-steps", type=int, default=40,
+                        help="interleaved steps for the step-time ratios (0: skip them; the "
+                             "first 3 are warm-up)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: no oversubscription on a shared machine)")
     parser.add_argument("--name", default="ae_rd", help="result name under bench/results/")
     parser.add_argument("--no-save", action="store_true")
     parser.add_argument("--replot", action="store_true",
-                        help="only redraw bench/results/<name>.png from <name>.json")
+                        help="only redraw bench/results/<name>.png from <name>.json (or from the "
+                             "--merge files)")
+    parser.add_argument("--merge", nargs="+", default=[], metavar="JSON",
+                        help="with --replot: result files of one protocol (the same --steps and "
+                             "--seeds) whose settings are drawn together in <name>.png; their "
+                             "summaries are written to <name>.json")
     args = parser.parse_args()
+    if args.overhead_steps < 0 or 0 < args.overhead_steps < 4:
+        parser.error(f"--overhead-steps {args.overhead_steps}: give 0 (no timing) or at least 4"
+                     " (the first 3 steps are warm-up and not timed)")
+    if args.merge and not args.replot:
+        parser.error("--merge goes with --replot")
     if args.replot:
-        saved = json.loads((RESULTS / f"{args.name}.json").read_text())
-        png = RESULTS / f"{args.name}.png"
-        steps, seeds = saved["settings"]["steps"], saved["settings"]["seeds"]
-        plot(saved["summary"], png, f"photos, D=64, {steps} steps, seeds {seeds} (mean ± sd)")
-        print(f"wrote {png}")
+        replot(args.name, [Path(m) for m in args.merge])
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -291,6 +340,9 @@ def main() -> None:
         if name not in list_quantizers():
             parser.error(f"unknown quantizer {name!r}; registered: {', '.join(list_quantizers())}")
         configs.append((label, name, overrides))
+    if not configs:
+        parser.error("nothing to run: give --families and/or --run"
+                     + (f" (skipped, not registered: {', '.join(skipped)})" if skipped else ""))
 
     batches, val = load_data(args.steps)
     print(f"{len(configs)} configs x {len(args.seeds)} seeds, {args.steps} steps; "
@@ -306,13 +358,14 @@ def main() -> None:
     summary = summarise(rows)
     # one config per family for the timing ratio (the middle of its sweep)
     timed = list({family_of(c[0]): c for c in configs}.values())
-    overhead = step_overhead(timed, batches, args.overhead_steps)
+    overhead = step_overhead(timed, batches, args.overhead_steps) if args.overhead_steps else []
     cols = ["label", "val_mse", "val_mse_sd", "psnr", "bits_per_vector", "bits_per_vector_sd",
             "train_bits_per_vector", "factorised_bits", "distinct_codes", "used_fraction",
             "quantizer_params"]
     print(markdown_table(summary, cols))
-    print()
-    print(markdown_table(overhead, ["label", "step_ms_median", "ratio_vs_identity"]))
+    if overhead:
+        print()
+        print(markdown_table(overhead, ["label", "step_ms_median", "ratio_vs_identity"]))
     if args.no_save:
         return
     budget = (f"{len(configs)} configs x {len(args.seeds)} seeds x {args.steps} steps of batch 32 "

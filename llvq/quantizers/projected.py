@@ -17,6 +17,12 @@ The inner quantizer is any registered name with its own options
 (``inner: {name: e8, scale: 1.0, learn_scale: false, beta: 0.0}``); its ``dim`` is
 ``project_dim``. Measured on ``photos`` (``docs/autoencoder_bench.md``), E8 on 8 projected
 coordinates trains best without the commitment loss (``beta: 0``).
+
+``bound`` squashes the projected vector before the inner quantizer, as FSQ bounds its
+coordinates: ``bound * tanh(y)`` per coordinate (``bound_shape: cube``) or ``y`` scaled to
+length ``bound * tanh(|y|)`` (``ball``), so a lattice inner quantizer has a finite code (the
+lattice points near the cube or ball) and the rate is set by ``bound`` and the lattice scale.
+On ``photos`` it did not beat the unbounded projection (``docs/autoencoder_bench.md``).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from llvq.quantizers.base import Quantizer, QuantizerOutput
@@ -43,15 +50,26 @@ class ProjectedQuantizer(Quantizer):
         project_dim: width the inner quantizer sees (``k``); ``project_dim == dim`` still learns
             the two maps.
         bias: affine projections (True) or linear ones.
+        bound: squash the projected vector into a cube or ball of this half-width / radius
+            (``tanh``, smooth, as FSQ does per coordinate); ``None``: no bound.
+        bound_shape: ``"cube"`` (per coordinate) or ``"ball"`` (radial).
 
     Raises:
-        ValueError: ``project_dim`` is not a positive integer, or ``inner`` has no ``name`` or
-            sets ``dim``.
+        ValueError: ``project_dim`` is not a positive integer, ``inner`` has no ``name`` or
+            sets ``dim``, ``bound`` is not positive or ``bound_shape`` is unknown.
     """
 
     def __init__(self, dim: int, inner: str | Mapping[str, Any] = "e8", project_dim: int = 8,
-                 bias: bool = True) -> None:
+                 bias: bool = True, bound: float | None = None, bound_shape: str = "cube") -> None:
         super().__init__(dim)
+        if bound is not None and not (isinstance(bound, (int, float)) and bound > 0):
+            raise ValueError(f"quantizer 'projected': model.quantizer.bound must be positive or "
+                             f"null, got {bound!r}")
+        if bound_shape not in ("cube", "ball"):
+            raise ValueError(f"quantizer 'projected': model.quantizer.bound_shape must be 'cube' "
+                             f"or 'ball', got {bound_shape!r}")
+        self.bound = None if bound is None else float(bound)
+        self.bound_shape = bound_shape
         if not isinstance(project_dim, int) or isinstance(project_dim, bool) or project_dim < 1:
             raise ValueError(f"quantizer 'projected': model.quantizer.project_dim must be a "
                              f"positive integer, got {project_dim!r}")
@@ -81,7 +99,13 @@ class ProjectedQuantizer(Quantizer):
         return self.inner.bits_per_vector
 
     def _project(self, z: Tensor) -> Tensor:
-        return self.proj_in(z.to(self.proj_in.weight.dtype))  # half latents: maps in float32
+        y = self.proj_in(z.to(self.proj_in.weight.dtype))  # half latents: maps in float32
+        if self.bound is None:
+            return y
+        if self.bound_shape == "cube":
+            return self.bound * torch.tanh(y)
+        r = y.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return y * (self.bound * torch.tanh(r) / r)
 
     def quantize(self, z: Tensor) -> QuantizerOutput:
         out = self.inner(self._project(z))
@@ -98,4 +122,5 @@ class ProjectedQuantizer(Quantizer):
         return self.inner.code_shape(lead)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, project_dim={self.project_dim}"
+        bound = "" if self.bound is None else f", bound={self.bound}, bound_shape={self.bound_shape}"
+        return f"dim={self.dim}, project_dim={self.project_dim}{bound}"

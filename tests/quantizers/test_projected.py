@@ -46,7 +46,27 @@ def test_gradient_reaches_both_projections_and_the_latents() -> None:
     assert q.proj_in.weight.grad.abs().sum() > 0 and q.proj_out.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("shape", ["cube", "ball"])
+def test_bound_keeps_the_projection_inside_and_passes_the_contract(shape: str) -> None:
+    q = build("projected", dim=32, inner={"name": "e8", "beta": 0.0}, project_dim=8, bound=1.5,
+              bound_shape=shape, bias=False)
+    check_quantizer(q, straight_through="any", empty_batch=True)
+    with torch.no_grad():
+        y = q._project(100 * latents(32))
+    size = y.abs().amax(-1) if shape == "cube" else y.norm(dim=-1)
+    assert 1.4 < float(size.max()) <= 1.5 * (1 + 1e-6)  # squashed into the bound
+    small = 1e-3 * latents(32)  # near the origin the squashing is linear: bound * y
+    torch.testing.assert_close(q._project(small), 1.5 * q.proj_in(small), rtol=1e-4, atol=1e-9)
+    codes = q.eval().encode(latents(32))  # a finite code: the lattice points in the bound
+    pts = q.inner.decode(codes)
+    assert float(pts.abs().amax()) <= 2.5
+
+
 def test_bad_settings_are_named() -> None:
+    with pytest.raises(ValueError, match="bound must be positive"):
+        build("projected", dim=16, bound=0.0)
+    with pytest.raises(ValueError, match="bound_shape must be"):
+        build("projected", dim=16, bound=1.0, bound_shape="sphere")
     with pytest.raises(ValueError, match="project_dim must be a positive integer"):
         build("projected", dim=16, project_dim=0)
     with pytest.raises(ValueError, match="inner needs a `name`"):
