@@ -20,9 +20,10 @@ the memory results quote.
 >>> cache = CodecCache(build_codec({"name": "fibquant", "bits": 2, "block": 4}, 64), config)
 >>> out = model.generate(ids, cache=cache, use_cache=True, max_new_tokens=20)
 
-(``use_cache=True`` matters: :func:`llvq.llm.models.load_causal_lm` turns the model's
-``config.use_cache`` off, and without it ``generate`` re-feeds the whole sequence every step,
-appending it to the cache again.)
+(``use_cache=True`` matters for a model whose ``generation_config.use_cache`` is off: without
+it ``generate`` re-feeds the whole sequence every step, appending it to the cache again.
+:func:`llvq.llm.models.load_causal_lm` turns ``config.use_cache`` off, for forward passes, and
+``generation_config.use_cache`` on.)
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from llvq.hashing import sha256_file, sha256_json
 from llvq.llm.groups import LayerResult, dequantize
 from llvq.llm.incoherence import unrotate
-from llvq.llm.models import decoder_blocks, load_tokenizer
+from llvq.llm.models import decoder_blocks, forward_without_cache, load_tokenizer
 
 __all__ = ["FORMAT", "load_quantized", "pack_bits", "save_quantized", "unpack_bits"]
 
@@ -355,5 +355,5 @@ def load_quantized(directory: str | Path, packed: bool = False,
         raise ValueError(f"export {d} lacks tensors the model needs: {left[:5]}")
     _store_embeddings(model, embeddings, packed)
     model.eval()
-    model.config.use_cache = False
+    forward_without_cache(model)  # generate() keeps its KV cache; forward passes build none
     return model, load_tokenizer(d / TOKENIZER)

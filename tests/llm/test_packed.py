@@ -122,6 +122,16 @@ def test_tiny_llama_packed_matches_the_dequantized_model(tmp_path: Path) -> None
     prompt = x[:1, :8]
     kw = {"max_new_tokens": 12, "do_sample": False, "use_cache": True, "pad_token_id": 0}
     assert torch.equal(packed.generate(prompt, **kw), ref.generate(prompt, **kw))
+    # without use_cache=True, generate still keeps a KV cache: one new token per step
+    fed: list[int] = []
+    hook = packed.model.register_forward_pre_hook(
+        lambda m, args, kwargs: fed.append(kwargs["input_ids"].shape[-1]), with_kwargs=True)
+    try:
+        packed.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    finally:
+        hook.remove()
+    assert fed == [8, 1, 1, 1]
+    assert packed(prompt).past_key_values is None  # a plain forward pass builds no cache
 
 
 def test_no_compiler_falls_back_with_one_warning(fresh_kernel, caplog) -> None:
