@@ -30,6 +30,7 @@ __all__ = [
     "Tokenizer",
     "block_linears",
     "decoder_blocks",
+    "forward_without_cache",
     "load_causal_lm",
     "load_tokenizer",
     "quantizable_linears",
